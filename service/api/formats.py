@@ -1,0 +1,60 @@
+"""Rendering a transcript as JSON, plain text, SRT or WebVTT."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from service.store.models import Segment
+
+SPEAKER_LABELS = {"local": "Local", "remote": "Remote"}
+
+
+def segment_json(s: Segment) -> dict:
+    return {
+        "id": s.id,
+        "speaker": s.speaker,
+        "start": s.start_s,
+        "end": s.end_s,
+        "text": s.text,
+        "language": s.language,
+        "avg_logprob": s.avg_logprob,
+        "no_speech_prob": s.no_speech_prob,
+        "compression_ratio": s.compression_ratio,
+        "created_at": s.created_at.isoformat(),
+    }
+
+
+def _clock(seconds: float, sep: str) -> str:
+    ms = round(seconds * 1000)
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
+
+
+def as_text(segments: Sequence[Segment]) -> str:
+    return "".join(
+        f"[{_clock(s.start_s, '.')}] {SPEAKER_LABELS[s.speaker]}: {s.text}\n" for s in segments
+    )
+
+
+def as_srt(segments: Sequence[Segment]) -> str:
+    blocks = [
+        f"{i}\n{_clock(s.start_s, ',')} --> {_clock(s.end_s, ',')}\n"
+        f"{SPEAKER_LABELS[s.speaker]}: {s.text}\n"
+        for i, s in enumerate(segments, 1)
+    ]
+    return "\n".join(blocks)
+
+
+def _vtt_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def as_vtt(segments: Sequence[Segment]) -> str:
+    cues = [
+        f"{_clock(s.start_s, '.')} --> {_clock(s.end_s, '.')}\n"
+        f"<v {SPEAKER_LABELS[s.speaker]}>{_vtt_escape(s.text)}\n"
+        for s in segments
+    ]
+    return "WEBVTT\n\n" + "\n".join(cues)

@@ -1,0 +1,123 @@
+"""Request and response shapes of the control API."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class CreateSession(BaseModel):
+    """Start a call: `listen` waits for a peer on a TCP port; `dial` calls one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["listen", "dial"]
+    port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="listen: TCP port (0 = any free port; default IM_CALL_PORT)",
+    )
+    peer: str | None = Field(None, max_length=300, description="dial: HOST:PORT of the listener")
+    token: str | None = Field(
+        None, min_length=1, max_length=256, description="dial: the listener's call token"
+    )
+    input: str | int = Field(
+        "default",
+        description="PortAudio device index or name, `default`, `file:PATH` (WAV, real time), "
+        "`tone:HZ`, or `silence`",
+    )
+    output: str | int | None = Field(
+        "default", description="PortAudio device index or name, `default`, `file:PATH`, or null"
+    )
+    language: str | None = Field(
+        None, min_length=2, max_length=16, description="spoken language (ISO 639-1); auto if unset"
+    )
+    transcribe: bool = True
+
+    @model_validator(mode="after")
+    def _mode_fields(self) -> CreateSession:
+        if self.mode == "dial":
+            if not self.peer or not self.token:
+                raise ValueError("dial needs `peer` (HOST:PORT) and `token`")
+            if self.port is not None:
+                raise ValueError("`port` is for listen; a dial names `peer`")
+        elif self.peer is not None or self.token is not None:
+            raise ValueError("listen takes no `peer` or `token` (the node makes a token)")
+        if isinstance(self.input, int) and self.input < 0:
+            raise ValueError("input device index must be >= 0")
+        return self
+
+
+class TranscriptQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["json", "text", "srt", "vtt"] = "json"
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class SessionOut(BaseModel):
+    """A call's state, addresses, times and live counters (see README for every field)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    mode: Literal["listen", "dial"]
+    state: str
+    address: str | None = None
+    peer: str | None = None
+    token: str | None = Field(None, description="only in the response that created a listen call")
+    end_reason: str | None = None
+
+
+class SessionList(BaseModel):
+    sessions: list[SessionOut]
+
+
+class SegmentOut(BaseModel):
+    id: int
+    speaker: Literal["local", "remote"]
+    start: float
+    end: float
+    text: str
+    language: str | None = None
+    avg_logprob: float | None = None
+    no_speech_prob: float | None = None
+    compression_ratio: float | None = None
+    created_at: str
+
+
+class TranscriptOut(BaseModel):
+    call_id: str
+    state: str
+    segments: list[SegmentOut]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "loading"]
+    model: str
+    model_loaded: bool
+    device: str | None
+    live_calls: int
+
+
+class DeviceOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    index: int
+    name: str
+
+
+class DeviceList(BaseModel):
+    inputs: list[DeviceOut]
+    outputs: list[DeviceOut]
+    reason: str | None = None

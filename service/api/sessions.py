@@ -1,0 +1,158 @@
+"""/sessions: start, inspect, list and end calls; read their transcripts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify
+from spectree import Response as Resp
+
+from service.api import formats
+from service.api.errors import ApiError
+from service.api.schemas import (
+    CreateSession,
+    ErrorBody,
+    SessionList,
+    SessionOut,
+    TranscriptQuery,
+)
+from service.api.spec import require_json_object, spec
+from service.calls.registry import CallError
+from service.calls.session import CallOptions
+from service.node import Node
+from service.store.models import Call
+
+bp = Blueprint("sessions", __name__)
+TAG = "sessions"
+
+
+def _node() -> Node:
+    return current_app.extensions["intellimeet.node"]
+
+
+def _stored_snapshot(call: Call) -> dict[str, Any]:
+    def ts(value: datetime | None) -> str | None:
+        return value.isoformat() if value is not None else None
+
+    return {
+        "id": call.id,
+        "mode": call.mode,
+        "state": call.state,
+        "address": call.local_address,
+        "peer": call.peer_address,
+        "input": call.input,
+        "output": call.output,
+        "language": call.language,
+        "transcribe": call.transcribe,
+        "created_at": ts(call.created_at),
+        "connected_at": ts(call.connected_at),
+        "ended_at": ts(call.ended_at),
+        "end_reason": call.end_reason,
+        "stats": {
+            "frames_sent": call.frames_sent,
+            "frames_received": call.frames_received,
+            "bytes_sent": call.bytes_sent,
+            "bytes_received": call.bytes_received,
+        },
+    }
+
+
+def _snapshot(call_id: str) -> dict[str, Any]:
+    node = _node()
+    live = node.registry.get(call_id)
+    if live is not None:
+        return live.snapshot()
+    call = node.store.get_call(call_id)
+    if call is None:
+        raise ApiError(404, "not_found", f"no session {call_id}")
+    return _stored_snapshot(call)
+
+
+@bp.post("/sessions")
+@spec.validate(
+    json=CreateSession,
+    resp=Resp(HTTP_201=SessionOut, HTTP_400=ErrorBody, HTTP_409=ErrorBody, HTTP_422=ErrorBody),
+    tags=[TAG],
+)
+def create_session(json: CreateSession):
+    """Listen for a peer, or dial one."""
+    require_json_object()
+    node = _node()
+    options = CallOptions(
+        input=json.input,
+        output=json.output,
+        language=json.language,
+        transcribe=json.transcribe,
+    )
+    try:
+        if json.mode == "listen":
+            session = node.registry.listen(json.port, options)
+        else:
+            session = node.registry.dial(json.peer, json.token, options)
+    except CallError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from None
+    body = session.snapshot()
+    if session.mode == "listen":
+        body["token"] = session.token  # shown once: the peer dials with it
+    return jsonify(body), 201
+
+
+@bp.get("/sessions")
+@spec.validate(resp=Resp(HTTP_200=SessionList), tags=[TAG])
+def list_sessions():
+    """All calls, newest first (live ones with live counters)."""
+    node = _node()
+    out = []
+    for call in node.store.list_calls():
+        live = node.registry.get(call.id)
+        out.append(live.snapshot() if live is not None else _stored_snapshot(call))
+    return jsonify({"sessions": out})
+
+
+@bp.get("/sessions/<call_id>")
+@spec.validate(resp=Resp(HTTP_200=SessionOut, HTTP_404=ErrorBody), tags=[TAG])
+def get_session(call_id: str):
+    """State, peer, times, end reason and counters of one call."""
+    return jsonify(_snapshot(call_id))
+
+
+@bp.delete("/sessions/<call_id>")
+@spec.validate(resp=Resp(HTTP_200=SessionOut, HTTP_404=ErrorBody, HTTP_409=ErrorBody), tags=[TAG])
+def end_session(call_id: str):
+    """Hang up: the last words are transcribed and sent, then the peer is told why."""
+    node = _node()
+    live = node.registry.get(call_id)
+    if live is None:
+        snapshot = _snapshot(call_id)  # 404 when unknown
+        raise ApiError(409, "not_live", f"session {call_id} already {snapshot['state']}")
+    live.end("hangup")
+    return jsonify(live.snapshot())
+
+
+@bp.get("/sessions/<call_id>/transcript")
+# No 200 model: spectree would validate (and re-type as JSON) the text, SRT and WebVTT
+# bodies too. The JSON shape is `TranscriptOut`, documented in the description.
+@spec.validate(query=TranscriptQuery, resp=Resp(HTTP_404=ErrorBody), tags=[TAG])
+def transcript(call_id: str, query: TranscriptQuery):
+    """Both speakers in time order: `format` = json | text | srt | vtt.
+
+    JSON: `{"call_id", "state", "segments": [{"id", "speaker", "start", "end", "text",
+    "language", "avg_logprob", "no_speech_prob", "compression_ratio", "created_at"}]}`.
+    """
+    snapshot = _snapshot(call_id)
+    segments = _node().store.segments(call_id)
+    if query.format == "json":
+        return jsonify(
+            {
+                "call_id": call_id,
+                "state": snapshot["state"],
+                "segments": [formats.segment_json(s) for s in segments],
+            }
+        )
+    render, mimetype = {
+        "text": (formats.as_text, "text/plain"),
+        "srt": (formats.as_srt, "application/x-subrip"),
+        "vtt": (formats.as_vtt, "text/vtt"),
+    }[query.format]
+    return Response(render(segments), mimetype=mimetype, content_type=f"{mimetype}; charset=utf-8")

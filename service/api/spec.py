@@ -1,0 +1,43 @@
+"""The single declaration behind request validation and /openapi.json (spectree+pydantic).
+
+Validation failures are turned into our error shape here: malformed JSON is told apart
+from a well-formed body that breaks the schema, both as 400.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import request
+from spectree import SpecTree
+
+from service.api.errors import ApiError
+
+
+def before_validation(req: Any, resp: Any, error: Exception | None, instance: Any, adapter: Any):
+    if req.mimetype == "application/json" and req.get_data() and req.get_json(silent=True) is None:
+        raise ApiError(400, "malformed_json", "request body is not valid JSON")
+    if error is not None:
+        details = [
+            {"field": ".".join(str(p) for p in e.get("loc", ())), "problem": e.get("msg")}
+            for e in adapter.validation_errors(error)
+        ]
+        summary = "; ".join(f"{d['field'] or 'body'}: {d['problem']}" for d in details)
+        raise ApiError(400, "invalid_request", summary or "invalid request", details)
+
+
+spec = SpecTree(
+    "flask",
+    title="IntelliMeet Audio call node",
+    version="0.1.0",
+    path="apidoc",
+    before=before_validation,
+    validation_error_status=400,
+    annotations=True,
+)
+
+
+def require_json_object() -> None:
+    """spectree treats a missing or non-JSON body as {}; say what is wrong instead."""
+    if not request.get_data():
+        raise ApiError(400, "malformed_json", "request body must be a JSON object")

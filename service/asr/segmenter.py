@@ -1,0 +1,127 @@
+"""Splitting one side's audio into utterances with a voice activity detector.
+
+Whisper is a 30-second-window model: fed a continuous stream it hallucinates on silence and
+cannot say when a sentence is final. Cutting at pauses gives it whole utterances, keeps
+silence from ever reaching it, and gives each segment a natural end time.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import webrtcvad
+
+from service.audio.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE, to_float32
+
+
+@dataclass(frozen=True)
+class Utterance:
+    start_s: float  # seconds from the start of the stream
+    end_s: float
+    audio: np.ndarray  # float32 mono 16 kHz, pre-roll included
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    aggressiveness: int = 2
+    end_silence_ms: int = 500  # this much non-speech closes an utterance
+    max_utterance_s: float = 15.0
+    pre_roll_ms: int = 300  # kept before the trigger so first syllables are not cut
+    start_window: int = 5  # frames looked at to decide speech has started ...
+    start_voiced: int = 4  # ... and how many of them must be voiced
+    min_speech_ms: int = 200  # shorter bursts (clicks, coughs) are discarded
+
+
+class Segmenter:
+    """Feed 20 ms frames in order; get an Utterance back when one ends.
+
+    The maximum length cuts at the quietest recent frame rather than mid-word, so a long
+    monologue becomes sentences instead of chopped syllables.
+    """
+
+    def __init__(self, config: SegmenterConfig | None = None) -> None:
+        self.config = c = config or SegmenterConfig()
+        self._vad = webrtcvad.Vad(c.aggressiveness)
+        self._pre_roll: deque[np.ndarray] = deque(maxlen=max(1, c.pre_roll_ms // FRAME_MS))
+        self._recent: deque[bool] = deque(maxlen=c.start_window)
+        self._frames: list[np.ndarray] = []
+        self._voiced_frames = 0
+        self._silent_run = 0
+        self._start_frame = 0  # frame index of the utterance's first kept frame
+        self._frame_index = 0
+        self._end_frames = max(1, c.end_silence_ms // FRAME_MS)
+        self._max_frames = int(c.max_utterance_s * 1000 / FRAME_MS)
+
+    @property
+    def in_speech(self) -> bool:
+        return bool(self._frames)
+
+    def push(self, pcm: np.ndarray) -> Utterance | None:
+        if pcm.shape != (FRAME_SAMPLES,):
+            raise ValueError(f"expected one {FRAME_MS} ms frame of {FRAME_SAMPLES} samples")
+        index = self._frame_index
+        self._frame_index += 1
+        voiced = self._vad.is_speech(pcm.tobytes(), SAMPLE_RATE)
+
+        if not self._frames:
+            self._recent.append(voiced)
+            if sum(self._recent) >= self.config.start_voiced:
+                self._frames = [*self._pre_roll, pcm]
+                self._start_frame = index - len(self._pre_roll)
+                self._voiced_frames = sum(self._recent)
+                self._silent_run = 0
+                self._pre_roll.clear()
+                self._recent.clear()
+            else:
+                self._pre_roll.append(pcm)
+            return None
+
+        self._frames.append(pcm)
+        if voiced:
+            self._voiced_frames += 1
+            self._silent_run = 0
+        else:
+            self._silent_run += 1
+        if self._silent_run >= self._end_frames:
+            # Keep a little of the trailing silence: Whisper places the final word better.
+            keep = len(self._frames) - self._silent_run + min(self._silent_run, 10)
+            return self._emit(keep)
+        if len(self._frames) >= self._max_frames:
+            return self._emit(self._cut_point(), carry_rest=True)
+        return None
+
+    def flush(self) -> Utterance | None:
+        """End of stream: whatever is open is an utterance (nothing said is dropped)."""
+        if not self._frames:
+            return None
+        return self._emit(len(self._frames) - max(0, self._silent_run - 10))
+
+    def _cut_point(self) -> int:
+        """Quietest frame in the last third: the best available pause to cut at."""
+        frames = self._frames
+        lo = len(frames) * 2 // 3
+        energies = [float(np.mean(np.abs(f.astype(np.int32)))) for f in frames[lo:]]
+        return lo + int(np.argmin(energies)) + 1
+
+    def _emit(self, keep: int, carry_rest: bool = False) -> Utterance | None:
+        frames, rest = self._frames[:keep], self._frames[keep:]
+        start = self._start_frame
+        voiced = self._voiced_frames
+        self._frames = []
+        self._voiced_frames = 0
+        self._silent_run = 0
+        if carry_rest and rest:
+            # The words after the cut continue straight into the next utterance.
+            self._frames = rest
+            self._start_frame = start + keep
+            self._voiced_frames = len(rest)
+        if voiced * FRAME_MS < self.config.min_speech_ms:
+            return None
+        audio = to_float32(np.concatenate(frames))
+        return Utterance(
+            start_s=start * FRAME_MS / 1000,
+            end_s=(start + len(frames)) * FRAME_MS / 1000,
+            audio=audio,
+        )

@@ -1,0 +1,136 @@
+"""The live calls of this node: creating them (with every check that can fail early)
+and finding them again."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import TYPE_CHECKING
+
+from gevent import socket as gsocket
+from whisper.tokenizer import LANGUAGES
+
+from service.audio.specs import open_sink, open_source
+from service.calls.session import CallOptions, CallSession, new_token
+from service.transport.link import format_address, parse_address
+
+if TYPE_CHECKING:
+    from service.node import Node
+
+log = logging.getLogger(__name__)
+
+
+class CallError(Exception):
+    """A call cannot be made as asked. `status` is the HTTP status that fits."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class Registry:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._live: dict[str, CallSession] = {}
+
+    def get(self, call_id: str) -> CallSession | None:
+        return self._live.get(call_id)
+
+    def live(self) -> list[CallSession]:
+        return list(self._live.values())
+
+    def forget(self, session: CallSession) -> None:
+        self._live.pop(session.id, None)
+
+    def _session(self, mode: str, options: CallOptions, token: str) -> CallSession:
+        from service.audio.specs import AudioSpecError
+
+        engine = self.node.engine
+        if options.language is not None and options.language not in LANGUAGES:
+            raise CallError(
+                422,
+                "unsupported_language",
+                f"unknown language {options.language!r}: use an ISO 639-1 code Whisper knows",
+            )
+        if (
+            options.transcribe
+            and options.language not in (None, "en")
+            and engine is not None
+            and not engine.multilingual
+        ):
+            raise CallError(
+                422,
+                "unsupported_language",
+                f"model {self.node.settings.model} is English-only; "
+                f"language {options.language!r} needs a multilingual model (IM_MODEL=base)",
+            )
+        try:
+            source = open_source(options.input)
+            sink = open_sink(options.output)
+        except AudioSpecError as exc:
+            raise CallError(422, "unusable_device", str(exc)) from None
+        return CallSession(self.node, uuid.uuid4().hex, mode, options, source, sink, token)
+
+    def listen(self, port: int | None, options: CallOptions) -> CallSession:
+        settings = self.node.settings
+        port = settings.call_port if port is None else port
+        session = self._session("listen", options, new_token())
+        family = gsocket.AF_INET6 if ":" in settings.call_host else gsocket.AF_INET
+        listener = gsocket.socket(family, gsocket.SOCK_STREAM)
+        listener.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_REUSEADDR, 1)
+        try:
+            listener.bind((settings.call_host, port))
+            listener.listen(8)
+        except OSError as exc:
+            listener.close()
+            raise CallError(
+                422,
+                "unusable_address",
+                f"cannot listen on {format_address(settings.call_host, port)}: {exc.strerror}",
+            ) from None
+        bound = listener.getsockname()[1]
+        address = format_address(settings.advertise_host, bound)
+        self._record(session, local_address=address)
+        session.listen(listener, address)
+        return session
+
+    def dial(self, peer: str, token: str, options: CallOptions) -> CallSession:
+        try:
+            host, port = parse_address(peer)
+        except ValueError as exc:
+            raise CallError(422, "unusable_address", str(exc)) from None
+        try:
+            gsocket.getaddrinfo(host, port, type=gsocket.SOCK_STREAM)
+        except OSError as exc:
+            raise CallError(
+                422, "unusable_address", f"cannot resolve peer host {host!r}: {exc}"
+            ) from None
+        session = self._session("dial", options, token)
+        self._record(session, peer_address=format_address(host, port))
+        session.dial(host, port, format_address(host, port))
+        return session
+
+    def _record(self, session: CallSession, **fields: str) -> None:
+        o = session.options
+        self.node.store.add_call(
+            id=session.id,
+            mode=session.mode,
+            state=session.state,
+            input=str(o.input),
+            output=None if o.output is None else str(o.output),
+            language=o.language,
+            transcribe=o.transcribe,
+            frames_sent=0,
+            frames_received=0,
+            bytes_sent=0,
+            bytes_received=0,
+            **fields,
+        )
+        self._live[session.id] = session
+        log.info("call %s created (%s)", session.id, session.mode)
+
+    def shutdown(self) -> None:
+        for session in self.live():
+            session.end("shutdown")

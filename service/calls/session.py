@@ -1,0 +1,435 @@
+"""One call: its state machine, its greenlets, and the wiring of audio, link, ASR and store.
+
+States: ``listening`` | ``connecting`` → ``connected`` → ``ended`` (or ``failed`` when it
+never connected). Every transition is written to the store, so the history of a call
+survives the process.
+
+Ending is ordered so nothing said is lost: stop the microphone, close the open utterance,
+wait (bounded) for its transcription, send the last finals, then the bye.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import gevent
+import numpy as np
+from gevent.event import Event
+
+from service.asr.engine import Job, SegmentResult
+from service.asr.segmenter import Segmenter, Utterance
+from service.audio.frames import FRAME_SAMPLES
+from service.audio.sinks import Sink
+from service.audio.sources import Source
+from service.store.db import SegmentIn
+from service.transport import protocol as p
+from service.transport.link import Link, LinkClosed, connect
+
+if TYPE_CHECKING:
+    from socket import socket
+
+    from service.node import Node
+
+log = logging.getLogger(__name__)
+
+LIVE_STATES = ("listening", "connecting", "connected")
+DRAIN_TIMEOUT_S = 30.0  # longest a hang-up waits for the last utterance's transcription
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    input: str
+    output: str
+    language: str | None
+    transcribe: bool
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def _ts(t: float | None) -> str | None:
+    return None if t is None else datetime.fromtimestamp(t, UTC).isoformat()
+
+
+class CallSession:
+    def __init__(
+        self,
+        node: Node,
+        call_id: str,
+        mode: str,
+        options: CallOptions,
+        source: Source,
+        sink: Sink,
+        token: str,
+    ) -> None:
+        self.node = node
+        self.id = call_id
+        self.mode = mode
+        self.options = options
+        self.source = source
+        self.sink = sink
+        self.token = token
+        self.state = "connecting" if mode == "dial" else "listening"
+        self.local_address: str | None = None
+        self.peer_address: str | None = None
+        self.created_at = time.time()
+        self.connected_at: float | None = None
+        self.ended_at: float | None = None
+        self.end_reason: str | None = None
+        self.peer_transcribes = True
+        self.link: Link | None = None
+        self.ended = Event()
+        self._greenlets: list[gevent.Greenlet] = []
+        self._listener: socket | None = None
+        self._ending = False
+        self._segmenters: dict[str, Segmenter] = {}
+        self._numbers = {"local": 0, "remote": 0}
+        self._pending_asr = 0
+        self._asr_idle = Event()
+        self._asr_idle.set()
+        self.rejected_connections = 0
+        self.segments_stored = {"local": 0, "remote": 0}
+
+    # -- starting -----------------------------------------------------------------------
+
+    @property
+    def transcribing(self) -> bool:
+        return self.options.transcribe and self.node.engine is not None
+
+    def listen(self, listener: socket, address: str) -> None:
+        self._listener = listener
+        self.local_address = address
+        self._spawn(self._accept_loop)
+
+    def dial(self, host: str, port: int, peer: str) -> None:
+        self.peer_address = peer
+        self._spawn(self._dial, host, port)
+
+    def _spawn(self, fn: Any, *args: Any) -> gevent.Greenlet:
+        g = gevent.spawn(fn, *args)
+        self._greenlets.append(g)
+        return g
+
+    def _hello(self, token: str) -> p.Hello:
+        return p.Hello(token=token, transcribes=self.transcribing, node=self.node.node_id)
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while self.state == "listening":
+            try:
+                sock, addr = self._listener.accept()
+            except OSError:
+                return  # listener closed: the call connected or ended
+            gevent.spawn(self._handshake_incoming, sock, f"{addr[0]}:{addr[1]}")
+
+    def _handshake_incoming(self, sock: socket, peer: str) -> None:
+        """Check one incoming connection; a wrong caller is turned away and the call
+        keeps listening for the right one."""
+        link = Link(sock, peer)
+        try:
+            hello = link.recv(timeout=self.node.settings.hello_timeout_s)
+            if not isinstance(hello, p.Hello):
+                raise p.ProtocolError(f"expected a hello, got {type(hello).__name__}")
+            if hello.version != p.PROTOCOL_VERSION:
+                self._turn_away(link, peer, f"unsupported protocol version {hello.version}")
+                return
+            if not secrets.compare_digest(hello.token.encode(), self.token.encode()):
+                self._turn_away(link, peer, "wrong call token")
+                return
+            if self.state != "listening":
+                self._turn_away(link, peer, "call is no longer listening")
+                return
+            link.send(self._hello(""))
+        except (p.ProtocolError, LinkClosed, TimeoutError, OSError) as exc:
+            self.rejected_connections += 1
+            log.warning("call %s: rejected connection from %s: %s", self.id, peer, exc)
+            link.close()
+            return
+        self.peer_address = peer
+        if self._listener is not None:
+            self._listener.close()
+        self._connected(link, hello)
+
+    def _turn_away(self, link: Link, peer: str, why: str) -> None:
+        self.rejected_connections += 1
+        log.warning("call %s: rejected connection from %s: %s", self.id, peer, why)
+        with contextlib.suppress(LinkClosed):
+            link.send(p.Bye(reason="rejected: " + why))
+        link.close()
+
+    def _dial(self, host: str, port: int) -> None:
+        settings = self.node.settings
+        try:
+            link = connect(host, port, settings.connect_timeout_s)
+        except OSError as exc:
+            self._fail(f"connect_failed: {exc}")
+            return
+        try:
+            link.send(self._hello(self.token))
+            reply = link.recv(timeout=settings.hello_timeout_s)
+        except (p.ProtocolError, LinkClosed, TimeoutError, OSError) as exc:
+            link.close()
+            self._fail(f"handshake_failed: {exc}")
+            return
+        if isinstance(reply, p.Bye):
+            link.close()
+            self._fail(reply.reason)
+            return
+        if not isinstance(reply, p.Hello) or reply.version != p.PROTOCOL_VERSION:
+            link.close()
+            self._fail("handshake_failed: peer did not answer with a compatible hello")
+            return
+        self._connected(link, reply)
+
+    # -- the connected call -------------------------------------------------------------
+
+    def _connected(self, link: Link, hello: p.Hello) -> None:
+        if self._ending:
+            link.close()
+            return
+        self.link = link
+        self.peer_transcribes = hello.transcribes
+        self.connected_at = time.time()
+        self.state = "connected"
+        log.info("call %s connected to %s", self.id, link.peer)
+        try:
+            self.source.start()
+            self.sink.start()
+        except Exception as exc:
+            log.exception("call %s: audio device failed to start", self.id)
+            self._spawn(self.end, f"audio_failed: {exc}")
+            return
+        self._persist(
+            state="connected",
+            connected_at=datetime.fromtimestamp(self.connected_at, UTC),
+            peer_address=self.peer_address,
+        )
+        config = self.node.segmenter_config
+        if self.transcribing:
+            self._segmenters["local"] = Segmenter(config)
+            # The peer will not transcribe its microphone: do it here from what we hear.
+            if not hello.transcribes:
+                self._segmenters["remote"] = Segmenter(config)
+        self._spawn(self._send_loop)
+        self._spawn(self._recv_loop)
+
+    def _send_loop(self) -> None:
+        link = self.link
+        assert link is not None
+        seq = 0
+        while not self._ending:
+            frame = self.source.read(timeout=1.0)
+            if frame is None:
+                continue
+            try:
+                link.send(
+                    p.Audio(
+                        seq=seq & 0xFFFFFFFF,
+                        capture_time_us=int(frame.capture_time * 1e6),
+                        payload=frame.pcm.astype("<i2").tobytes(),
+                    )
+                )
+            except LinkClosed:
+                self._spawn(self.end, "peer_lost", False)
+                return
+            seq += 1
+            self._feed("local", frame.pcm)
+
+    def _recv_loop(self) -> None:
+        link = self.link
+        assert link is not None
+        while True:
+            try:
+                message = link.recv()
+            except LinkClosed:
+                if not self._ending:
+                    self._spawn(self.end, "peer_lost", False)
+                return
+            except p.ProtocolError as exc:
+                log.warning("call %s: protocol error from %s: %s", self.id, link.peer, exc)
+                self._spawn(self.end, "protocol_error", False)
+                return
+            if isinstance(message, p.Audio):
+                pcm = np.frombuffer(message.payload, dtype="<i2")
+                self.sink.write(pcm)
+                self._feed("remote", pcm)
+            elif isinstance(message, p.Transcript):
+                self._store_remote(message)
+            elif isinstance(message, p.Bye):
+                self._spawn(self.end, f"peer_{message.reason}", False)
+                return
+            else:
+                log.warning("call %s: unexpected %s mid-call", self.id, type(message).__name__)
+
+    # -- transcription ------------------------------------------------------------------
+
+    def _feed(self, speaker: str, pcm: np.ndarray) -> None:
+        segmenter = self._segmenters.get(speaker)
+        if segmenter is None or pcm.shape != (FRAME_SAMPLES,):
+            return
+        utterance = segmenter.push(pcm)
+        if utterance is not None:
+            self._submit(speaker, utterance)
+
+    def _submit(self, speaker: str, utterance: Utterance) -> None:
+        engine = self.node.engine
+        assert engine is not None
+        job = Job(
+            utterance=utterance,
+            language=self.options.language,
+            on_result=lambda results: self._on_results(speaker, results),
+            label=f"call {self.id} ({speaker})",
+        )
+        if engine.submit(job):
+            self._pending_asr += 1
+            self._asr_idle.clear()
+
+    def _on_results(self, speaker: str, results: list[SegmentResult]) -> None:
+        try:
+            for r in results:
+                number = self._numbers[speaker]
+                self._numbers[speaker] += 1
+                seg = SegmentIn(
+                    speaker=speaker,
+                    number=number,
+                    start_s=r.start_s,
+                    end_s=r.end_s,
+                    text=r.text,
+                    language=r.language,
+                    avg_logprob=r.avg_logprob,
+                    no_speech_prob=r.no_speech_prob,
+                    compression_ratio=r.compression_ratio,
+                )
+                # Committed first: only a durable segment is reported to anyone.
+                if self.node.store.add_segment(self.id, seg) is not None:
+                    self.segments_stored[speaker] += 1
+                if speaker == "local" and self.link is not None and not self.link.closed:
+                    with contextlib.suppress(LinkClosed):
+                        self.link.send(
+                            p.Transcript(
+                                no=number,
+                                start=r.start_s,
+                                end=r.end_s,
+                                text=r.text,
+                                language=r.language,
+                                avg_logprob=r.avg_logprob,
+                                no_speech_prob=r.no_speech_prob,
+                                compression_ratio=r.compression_ratio,
+                            )
+                        )
+        finally:
+            self._pending_asr -= 1
+            if self._pending_asr == 0:
+                self._asr_idle.set()
+
+    def _store_remote(self, t: p.Transcript) -> None:
+        if "remote" in self._segmenters:
+            return  # we transcribe the peer ourselves; it said it would not
+        seg = SegmentIn(
+            speaker="remote",
+            number=t.no,
+            start_s=t.start,
+            end_s=t.end,
+            text=t.text,
+            language=t.language,
+            avg_logprob=t.avg_logprob,
+            no_speech_prob=t.no_speech_prob,
+            compression_ratio=t.compression_ratio,
+        )
+        if self.node.store.add_segment(self.id, seg) is not None:
+            self.segments_stored["remote"] += 1
+
+    # -- ending -------------------------------------------------------------------------
+
+    def end(self, reason: str = "hangup", notify_peer: bool = True) -> None:
+        """Hang up (idempotent). Blocks the calling greenlet until the call is closed."""
+        if self._ending:
+            self.ended.wait()
+            return
+        self._ending = True
+        if self._listener is not None:
+            self._listener.close()
+        was_connected = self.state == "connected"
+        me = gevent.getcurrent()
+        self.source.close()
+        for speaker, segmenter in self._segmenters.items():
+            utterance = segmenter.flush()
+            if utterance is not None:
+                self._submit(speaker, utterance)
+        if not self._asr_idle.wait(DRAIN_TIMEOUT_S):
+            log.warning(
+                "call %s: ended with %d utterances untranscribed", self.id, self._pending_asr
+            )
+        if self.link is not None:
+            if notify_peer:
+                with contextlib.suppress(LinkClosed):
+                    self.link.send(p.Bye(reason=reason))
+            self.link.close()
+        gevent.killall([g for g in self._greenlets if g is not me], block=False)
+        self.sink.close()
+        self.ended_at = time.time()
+        self.end_reason = reason
+        self.state = "ended" if was_connected else ("failed" if self.mode == "dial" else "ended")
+        self._persist(
+            state=self.state,
+            ended_at=datetime.fromtimestamp(self.ended_at, UTC),
+            end_reason=reason,
+            **self._counters(),
+        )
+        log.info("call %s %s: %s", self.id, self.state, reason)
+        self.ended.set()
+        self.node.registry.forget(self)
+
+    def _fail(self, reason: str) -> None:
+        log.warning("call %s failed: %s", self.id, reason)
+        self.end(reason, notify_peer=False)
+
+    # -- reporting ----------------------------------------------------------------------
+
+    def _counters(self) -> dict[str, int]:
+        s = self.link.stats if self.link is not None else None
+        return {
+            "frames_sent": s.frames_sent if s else 0,
+            "frames_received": s.frames_received if s else 0,
+            "bytes_sent": s.bytes_sent if s else 0,
+            "bytes_received": s.bytes_received if s else 0,
+        }
+
+    def _persist(self, **fields: Any) -> None:
+        try:
+            self.node.store.update_call(self.id, **fields)
+        except Exception:
+            log.exception("call %s: could not record %s", self.id, sorted(fields))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "mode": self.mode,
+            "state": self.state,
+            "address": self.local_address,
+            "peer": self.peer_address,
+            "input": self.options.input,
+            "output": self.options.output,
+            "language": self.options.language,
+            "transcribe": self.options.transcribe,
+            "created_at": _ts(self.created_at),
+            "connected_at": _ts(self.connected_at),
+            "ended_at": _ts(self.ended_at),
+            "end_reason": self.end_reason,
+            "stats": {
+                **self._counters(),
+                "rejected_connections": self.rejected_connections,
+                "segments": dict(self.segments_stored),
+                "asr_pending": self._pending_asr,
+                "in_speech": any(s.in_speech for s in self._segmenters.values()),
+                "input": self.source.stats,
+                "output": self.sink.stats,
+            },
+        }

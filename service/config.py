@@ -1,0 +1,200 @@
+"""Every setting of a node, read from ``IM_*`` environment variables once at start.
+
+Validation happens here, before any socket is opened or model loaded, so that a typo in a
+deployment fails in the first second with a message naming the variable, not minutes later
+inside a call.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+MODEL_NAMES = ("tiny.en", "base")
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Settings:
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    data_dir: Path = Path("data")
+    database_url: str = ""  # derived from data_dir when empty
+    model: str = "tiny.en"
+    model_dir: Path = Path()  # derived from data_dir when empty
+    device: str = "auto"
+    call_host: str = "0.0.0.0"
+    call_port: int = 7000
+    advertise_host: str = ""  # the host put in a listening session's "address"
+    log_level: str = "INFO"
+    hello_timeout_s: float = 5.0
+    connect_timeout_s: float = 10.0
+    vad_aggressiveness: int = 2
+    utterance_end_silence_ms: int = 500
+    max_utterance_s: float = 15.0
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        prefix = "sqlite:///"
+        if self.database_url.startswith(prefix):
+            return Path(self.database_url[len(prefix) :])
+        return None
+
+
+# name -> (environment variable, documentation); the README's table mirrors this.
+ENV_VARS: dict[str, tuple[str, str]] = {
+    "api_host": ("IM_API_HOST", "Address the control API binds to."),
+    "api_port": ("IM_API_PORT", "Port of the control API."),
+    "data_dir": ("IM_DATA_DIR", "Directory for the database and converted model weights."),
+    "database_url": (
+        "IM_DATABASE_URL",
+        "SQLAlchemy URL of the transcript store (default: SQLite file in the data directory).",
+    ),
+    "model": ("IM_MODEL", "Whisper model: `tiny.en`, `base`, or a path to a checkpoint (.pt)."),
+    "model_dir": ("IM_MODEL_DIR", "Where converted checkpoints are cached (default: DATA/models)."),
+    "device": ("IM_DEVICE", "Compute device: `auto` (CUDA when torch sees a GPU), `cpu`, `cuda`."),
+    "call_host": ("IM_CALL_HOST", "Address listening calls bind to."),
+    "call_port": ("IM_CALL_PORT", "Default port for `listen` sessions that name none."),
+    "advertise_host": (
+        "IM_ADVERTISE_HOST",
+        "Host reported in a listening session's address (default: this host's address).",
+    ),
+    "log_level": ("IM_LOG_LEVEL", "Logging level: DEBUG, INFO, WARNING, ERROR."),
+    "hello_timeout_s": ("IM_HELLO_TIMEOUT_S", "Seconds a new connection has to send its hello."),
+    "connect_timeout_s": ("IM_CONNECT_TIMEOUT_S", "Seconds a dial may take to connect."),
+    "vad_aggressiveness": ("IM_VAD_AGGRESSIVENESS", "webrtcvad aggressiveness, 0 (lax) to 3."),
+    "utterance_end_silence_ms": (
+        "IM_UTTERANCE_END_SILENCE_MS",
+        "Silence that ends an utterance, in milliseconds.",
+    ),
+    "max_utterance_s": ("IM_MAX_UTTERANCE_S", "Longest utterance sent to Whisper, in seconds."),
+}
+
+
+def _port(name: str, raw: str) -> int:
+    value = _int(name, raw)
+    if not 1 <= value <= 65535:
+        raise ConfigError(f"{name} must be a TCP port (1-65535), got {raw!r}")
+    return value
+
+
+def _int(name: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not value > 0:
+        raise ConfigError(f"{name} must be positive, got {raw!r}")
+    return value
+
+
+def _host(name: str, raw: str) -> str:
+    if not raw or any(c.isspace() for c in raw):
+        raise ConfigError(f"{name} must be a host name or IP address, got {raw!r}")
+    return raw
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build validated settings from ``env`` (default: the process environment)."""
+    env = os.environ if env is None else env
+    raw = {f.name: env.get(ENV_VARS[f.name][0]) for f in fields(Settings)}
+    defaults = Settings()
+    values: dict[str, object] = {}
+
+    def get(key: str) -> str | None:
+        value = raw[key]
+        return value.strip() if value is not None and value.strip() != "" else None
+
+    for key, parse in (
+        ("api_host", _host),
+        ("call_host", _host),
+        ("advertise_host", _host),
+    ):
+        if (v := get(key)) is not None:
+            values[key] = parse(ENV_VARS[key][0], v)
+    for key in ("api_port", "call_port"):
+        if (v := get(key)) is not None:
+            values[key] = _port(ENV_VARS[key][0], v)
+    for key in ("hello_timeout_s", "connect_timeout_s", "max_utterance_s"):
+        if (v := get(key)) is not None:
+            values[key] = _float(ENV_VARS[key][0], v)
+    if (v := get("vad_aggressiveness")) is not None:
+        level = _int("IM_VAD_AGGRESSIVENESS", v)
+        if not 0 <= level <= 3:
+            raise ConfigError(f"IM_VAD_AGGRESSIVENESS must be 0..3, got {v!r}")
+        values["vad_aggressiveness"] = level
+    if (v := get("utterance_end_silence_ms")) is not None:
+        ms = _int("IM_UTTERANCE_END_SILENCE_MS", v)
+        if not 100 <= ms <= 5000:
+            raise ConfigError(f"IM_UTTERANCE_END_SILENCE_MS must be 100..5000, got {v!r}")
+        values["utterance_end_silence_ms"] = ms
+    if (v := get("log_level")) is not None:
+        if v.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"IM_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {v!r}")
+        values["log_level"] = v.upper()
+    if (v := get("device")) is not None:
+        if v not in DEVICE_CHOICES and not (v.startswith("cuda:") and v[5:].isdigit()):
+            raise ConfigError(f"IM_DEVICE must be auto, cpu, cuda or cuda:N, got {v!r}")
+        values["device"] = v
+    if (v := get("model")) is not None:
+        if v not in MODEL_NAMES and not v.endswith(".pt"):
+            raise ConfigError(
+                f"IM_MODEL must be one of {', '.join(MODEL_NAMES)} or a path to a .pt "
+                f"checkpoint, got {v!r}"
+            )
+        if v.endswith(".pt") and not Path(v).is_file():
+            raise ConfigError(f"IM_MODEL names a checkpoint that does not exist: {v}")
+        values["model"] = v
+
+    data_dir = Path(get("data_dir") or defaults.data_dir).expanduser().resolve()
+    values["data_dir"] = data_dir
+    values["model_dir"] = Path(get("model_dir") or data_dir / "models").expanduser().resolve()
+    url = get("database_url") or f"sqlite:///{data_dir / 'intellimeet.db'}"
+    if "://" not in url:
+        raise ConfigError(f"IM_DATABASE_URL must be an SQLAlchemy URL, got {url!r}")
+    values["database_url"] = url
+
+    settings = Settings(**values)  # type: ignore[arg-type]
+    if not settings.advertise_host:
+        settings = _with_advertise_host(settings)
+    return settings
+
+
+def _with_advertise_host(settings: Settings) -> Settings:
+    """Pick the address a peer should dial when the operator did not say.
+
+    A wildcard bind says nothing useful to a peer, so fall back to the address of the
+    interface that routes outward (no packet is sent: connecting a UDP socket only
+    consults the routing table), and to loopback on an isolated host.
+    """
+    import dataclasses
+    import socket
+
+    host = settings.call_host
+    try:
+        wildcard = ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        wildcard = False
+    if wildcard:
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect(("192.0.2.1", 9))  # TEST-NET-1, never routed anywhere real
+                host = s.getsockname()[0]
+        except OSError:
+            host = "127.0.0.1"
+    return dataclasses.replace(settings, advertise_host=host)
