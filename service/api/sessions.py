@@ -17,7 +17,7 @@ from service.api.schemas import (
     SessionOut,
     TranscriptQuery,
 )
-from service.api.spec import require_json_object, spec
+from service.api.spec import spec
 from service.calls.registry import CallError
 from service.calls.session import CallOptions
 from service.node import Node
@@ -77,7 +77,6 @@ def _snapshot(call_id: str) -> dict[str, Any]:
 )
 def create_session(json: CreateSession):
     """Listen for a peer, or dial one."""
-    require_json_object()
     node = _node()
     options = CallOptions(
         input=json.input,

@@ -8,14 +8,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import request
 from spectree import SpecTree
 
 from service.api.errors import ApiError
 
 
 def before_validation(req: Any, resp: Any, error: Exception | None, instance: Any, adapter: Any):
-    if req.mimetype == "application/json" and req.get_data() and req.get_json(silent=True) is None:
+    # spectree validates a missing or unparsable body as {}; say what is really wrong.
+    if req.method in ("POST", "PUT", "PATCH") and not req.get_data():
+        raise ApiError(400, "malformed_json", "request body must be a JSON object")
+    if req.get_data() and not req.is_json:
+        raise ApiError(
+            400, "malformed_json", "send the body as JSON with Content-Type: application/json"
+        )
+    if req.get_data() and req.get_json(silent=True) is None:
         raise ApiError(400, "malformed_json", "request body is not valid JSON")
     if error is not None:
         details = [
@@ -36,8 +42,3 @@ spec = SpecTree(
     annotations=True,
 )
 
-
-def require_json_object() -> None:
-    """spectree treats a missing or non-JSON body as {}; say what is wrong instead."""
-    if not request.get_data():
-        raise ApiError(400, "malformed_json", "request body must be a JSON object")

@@ -1,0 +1,246 @@
+"""Control API contract: validation, error shapes and statuses, transcript formats.
+
+Runs the real app over a real Node and SQLite file; only the Whisper model is not loaded
+(these tests are about the API, and the call tests load it for real).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from service.api import create_app
+from service.config import load_settings
+from service.node import Node
+from service.store.db import SegmentIn
+
+
+@pytest.fixture
+def node(tmp_path):
+    settings = load_settings(
+        {
+            "IM_DATA_DIR": str(tmp_path),
+            "IM_CALL_HOST": "127.0.0.1",
+            "IM_ADVERTISE_HOST": "127.0.0.1",
+        }
+    )
+    n = Node(settings, load_model=False)
+    n.start()
+    yield n
+    n.close()
+
+
+@pytest.fixture
+def client(node):
+    return create_app(node).test_client()
+
+
+def error(resp, status, code):
+    assert resp.status_code == status, resp.get_data(as_text=True)
+    body = resp.get_json()
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+    return body["error"]
+
+
+def no_sessions(client):
+    return client.get("/sessions").get_json()["sessions"] == []
+
+
+def test_malformed_json_is_400_and_creates_nothing(client):
+    r = client.post("/sessions", data='{"mode": "listen",', content_type="application/json")
+    error(r, 400, "malformed_json")
+    error(client.post("/sessions", data="", content_type="application/json"), 400, "malformed_json")
+    err = error(client.post("/sessions", data='{"mode": "listen"}'), 400, "malformed_json")
+    assert "Content-Type: application/json" in err["message"]
+    assert no_sessions(client)
+
+
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"mode": "shout"}, "mode"),
+        ({"mode": "dial", "peer": "127.0.0.1:7000"}, "token"),
+        ({"mode": "listen", "peer": "127.0.0.1:7000"}, "peer"),
+        ({"mode": "listen", "port": 70000}, "port"),
+        ({"mode": "listen", "colour": "blue"}, "colour"),
+        ({"mode": "listen", "transcribe": "maybe"}, "transcribe"),
+        ([1, 2, 3], ""),
+    ],
+)
+def test_schema_violations_are_400_with_the_field_named(client, body, field):
+    err = error(client.post("/sessions", json=body), 400, "invalid_request")
+    assert field in err["message"]
+    assert no_sessions(client)
+
+
+@pytest.mark.parametrize(
+    "body,code,words",
+    [
+        ({"mode": "listen", "port": 0, "input": "file:/no/such.wav"}, "unusable_device", "no such"),
+        (
+            {"mode": "listen", "port": 0, "input": "no-such-microphone"},
+            "unusable_device",
+            "no-such",
+        ),
+        (
+            {"mode": "listen", "port": 0, "input": "silence", "output": "no-such-speaker"},
+            "unusable_device",
+            "no-such",
+        ),
+        ({"mode": "listen", "port": 0, "input": "tone:abc"}, "unusable_device", "tone"),
+        (
+            {"mode": "dial", "peer": "nowhere.invalid:7000", "token": "t", "input": "silence"},
+            "unusable_address",
+            "resolve",
+        ),
+        (
+            {"mode": "dial", "peer": "no-port-here", "token": "t", "input": "silence"},
+            "unusable_address",
+            "HOST:PORT",
+        ),
+        (
+            {"mode": "listen", "port": 0, "input": "silence", "language": "xx"},
+            "unsupported_language",
+            "xx",
+        ),
+    ],
+)
+def test_unusable_devices_and_addresses_are_422(client, body, code, words):
+    err = error(client.post("/sessions", json=body), 422, code)
+    assert words in err["message"]
+    assert no_sessions(client)
+
+
+def test_a_port_in_use_is_422(client):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        body = {"mode": "listen", "port": port, "input": "silence", "output": None}
+        err = error(client.post("/sessions", json=body), 422, "unusable_address")
+    assert str(port) in err["message"]
+
+
+def test_unknown_ids_and_routes_are_404_json(client):
+    error(client.get("/sessions/nope"), 404, "not_found")
+    error(client.delete("/sessions/nope"), 404, "not_found")
+    error(client.get("/sessions/nope/transcript"), 404, "not_found")
+    error(client.get("/no/such/route"), 404, "not_found")
+
+
+def test_listen_then_hang_up(client):
+    r = client.post(
+        "/sessions", json={"mode": "listen", "port": 0, "input": "silence", "output": None}
+    )
+    assert r.status_code == 201
+    created = r.get_json()
+    assert created["state"] == "listening"
+    assert len(created["token"]) >= 32
+    host, port = created["address"].rsplit(":", 1)
+    assert host == "127.0.0.1" and int(port) > 0
+    with socket.create_connection(("127.0.0.1", int(port)), timeout=2):
+        pass  # really listening
+    got = client.get(f"/sessions/{created['id']}").get_json()
+    assert got["state"] == "listening" and "token" not in got
+    listed = client.get("/sessions").get_json()["sessions"]
+    assert [s["id"] for s in listed] == [created["id"]]
+
+    ended = client.delete(f"/sessions/{created['id']}").get_json()
+    assert ended["state"] == "ended" and ended["end_reason"] == "hangup"
+    error(client.delete(f"/sessions/{created['id']}"), 409, "not_live")
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", int(port)), timeout=2)
+    assert client.get(f"/sessions/{created['id']}").get_json()["state"] == "ended"
+
+
+def test_sessions_are_listed_newest_first(client):
+    ids = []
+    for _ in range(3):
+        r = client.post(
+            "/sessions", json={"mode": "listen", "port": 0, "input": "silence", "output": None}
+        )
+        ids.append(r.get_json()["id"])
+    assert [s["id"] for s in client.get("/sessions").get_json()["sessions"]] == ids[::-1]
+
+
+@pytest.fixture
+def call_with_segments(client, node):
+    r = client.post(
+        "/sessions", json={"mode": "listen", "port": 0, "input": "silence", "output": None}
+    )
+    call_id = r.get_json()["id"]
+    for speaker, number, start, text in [
+        ("local", 0, 0.5, "Hello there."),
+        ("remote", 0, 1.25, "Hi <you> & me."),
+        ("local", 1, 3661.5, "Much later."),
+    ]:
+        node.store.add_segment(
+            call_id,
+            SegmentIn(
+                speaker=speaker,
+                number=number,
+                start_s=start,
+                end_s=start + 1.0,
+                text=text,
+                language="en",
+                avg_logprob=-0.25,
+                no_speech_prob=0.01,
+                compression_ratio=1.2,
+            ),
+        )
+    return call_id
+
+
+def test_transcript_json(client, call_with_segments):
+    body = client.get(f"/sessions/{call_with_segments}/transcript").get_json()
+    assert [(s["speaker"], s["text"]) for s in body["segments"]] == [
+        ("local", "Hello there."),
+        ("remote", "Hi <you> & me."),
+        ("local", "Much later."),
+    ]
+    assert body["segments"][0]["avg_logprob"] == -0.25
+
+
+def test_transcript_text_srt_vtt(client, call_with_segments):
+    text = client.get(f"/sessions/{call_with_segments}/transcript?format=text")
+    assert text.mimetype == "text/plain"
+    assert text.get_data(as_text=True).splitlines() == [
+        "[00:00:00.500] Local: Hello there.",
+        "[00:00:01.250] Remote: Hi <you> & me.",
+        "[01:01:01.500] Local: Much later.",
+    ]
+    srt = client.get(f"/sessions/{call_with_segments}/transcript?format=srt").get_data(as_text=True)
+    assert srt.startswith("1\n00:00:00,500 --> 00:00:01,500\nLocal: Hello there.\n\n2\n")
+    assert "3\n01:01:01,500 --> 01:01:02,500\nLocal: Much later.\n" in srt
+    vtt = client.get(f"/sessions/{call_with_segments}/transcript?format=vtt")
+    assert vtt.mimetype == "text/vtt"
+    body = vtt.get_data(as_text=True)
+    assert body.startswith("WEBVTT\n\n00:00:00.500 --> 00:00:01.500\n<v Local>Hello there.\n")
+    assert "<v Remote>Hi &lt;you&gt; &amp; me.\n" in body
+    error(
+        client.get(f"/sessions/{call_with_segments}/transcript?format=pdf"), 400, "invalid_request"
+    )
+
+
+def test_devices_never_crash(client):
+    body = client.get("/devices").get_json()
+    assert set(body) >= {"inputs", "outputs", "reason"}
+    if not body["inputs"] and not body["outputs"]:
+        assert body["reason"]
+
+
+def test_health_and_openapi(client):
+    health = client.get("/healthz")
+    assert health.status_code == 200
+    assert health.get_json()["model_loaded"] is False
+    doc = client.get("/openapi.json").get_json()
+    assert doc["openapi"].startswith("3.")
+    post = doc["paths"]["/sessions"]["post"]
+    assert "requestBody" in post
+    schema_ref = post["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    schema = doc["components"]["schemas"][schema_ref.rsplit("/", 1)[1]]
+    assert {"mode", "port", "peer", "token", "input", "output"} <= set(schema["properties"])
+    assert "/sessions/{call_id}/transcript" in doc["paths"]

@@ -1,0 +1,188 @@
+"""Two real nodes (separate processes, ports and databases) in a call over real TCP on
+loopback, with a real speech recording as the dialer's microphone and tiny.en transcribing."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import time
+
+import jiwer
+import pytest
+from conftest import reference
+from whisper.normalizers import EnglishTextNormalizer
+
+from service.localnodes import NodeProcess, start_call, wait_for_final_transcripts
+
+pytestmark = pytest.mark.slow
+CLIP = "en_librispeech_1995-1837-0001.wav"
+NODE_ENV = {"IM_HELLO_TIMEOUT_S": "1"}
+
+
+def wer(ref: str, hyp: str) -> float:
+    norm = EnglishTextNormalizer()
+    return jiwer.wer(norm(ref), norm(hyp))
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory, model_dir):
+    root = tmp_path_factory.mktemp("nodes")
+    a = NodeProcess("A", root / "a", env=NODE_ENV, model_dir=model_dir)
+    b = NodeProcess("B", root / "b", env=NODE_ENV, model_dir=model_dir)
+    try:
+        a.start()
+        b.start()
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
+
+
+def wait_state(node, call_id, states, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        snap = node.call("GET", f"/sessions/{call_id}")
+        if snap["state"] in states:
+            return snap
+        time.sleep(0.05)
+    raise AssertionError(f"{node.name} call {call_id} never reached {states}: {snap}")
+
+
+def test_both_nodes_transcribe_the_dialers_speech(nodes, speech_dir):
+    a, b = nodes
+    call_a, call_b = start_call(
+        a,
+        b,
+        listen={"input": "silence", "output": None},
+        dial={"input": f"file:{speech_dir / CLIP}", "output": None},
+    )
+    done = wait_for_final_transcripts(b, call_b["id"], a, call_a["id"], timeout=90)
+    ref = reference(speech_dir, CLIP)
+
+    on_b, on_a = done["speaker_segments"], done["peer_segments"]
+    assert on_b and {s["speaker"] for s in on_b} == {"local"}
+    assert {s["speaker"] for s in on_a} == {"remote"}  # A's silent microphone said nothing
+    assert [(s["start"], s["end"], s["text"]) for s in on_a] == [
+        (s["start"], s["end"], s["text"]) for s in on_b
+    ]
+    for segs in (on_a, on_b):
+        assert wer(ref, " ".join(s["text"] for s in segs)) <= 0.25
+        assert all(s["start"] <= s["end"] for s in segs)
+        assert [s["start"] for s in segs] == sorted(s["start"] for s in segs)
+
+    live = a.call("GET", f"/sessions/{call_a['id']}")
+    assert live["state"] == "connected"
+    assert live["stats"]["frames_received"] >= 8.7 / 0.02  # the whole clip arrived
+    assert live["stats"]["frames_sent"] > 0
+
+    ended = b.call("DELETE", f"/sessions/{call_b['id']}")
+    assert ended["state"] == "ended" and ended["end_reason"] == "hangup"
+    peer = wait_state(a, call_a["id"], {"ended"})
+    assert peer["end_reason"] == "peer_hangup"
+    # Everything said is still there after the call.
+    after = a.call("GET", f"/sessions/{call_a['id']}/transcript")["segments"]
+    assert [s["text"] for s in after] == [s["text"] for s in on_a]
+    text = a.call("GET", f"/sessions/{call_a['id']}/transcript?format=text")
+    assert "Remote:" in text and "Local:" not in text
+
+
+def hello_bytes(token: str) -> bytes:
+    body = json.dumps(
+        {
+            "protocol": "intellimeet-call",
+            "version": 1,
+            "token": token,
+            "transcribes": False,
+            "codecs": ["pcm16"],
+        }
+    ).encode()
+    return struct.pack(">BI", 1, len(body)) + body
+
+
+def test_wrong_callers_are_turned_away_and_the_call_keeps_listening(nodes):
+    a, b = nodes
+    listen = a.call(
+        "POST",
+        "/sessions",
+        201,
+        json={"mode": "listen", "port": 0, "input": "silence", "output": None},
+    )
+    host, port = listen["address"].rsplit(":", 1)
+
+    # A dialer with the wrong token fails, and says why.
+    bad = b.call(
+        "POST",
+        "/sessions",
+        201,
+        json={
+            "mode": "dial",
+            "peer": listen["address"],
+            "token": "wrong",
+            "input": "silence",
+            "output": None,
+        },
+    )
+    failed = wait_state(b, bad["id"], {"failed"})
+    assert "wrong call token" in failed["end_reason"]
+
+    # Garbage, and a connection that never says hello, are dropped too.
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(100) == b""  # closed on us
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.settimeout(5)
+        assert s.recv(100) == b""  # hello deadline (1 s here)
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(hello_bytes("also-wrong"))
+        reply = s.recv(1000)
+        assert reply[:1] == b"\x04" and b"wrong call token" in reply  # a bye, with the reason
+
+    snap = a.call("GET", f"/sessions/{listen['id']}")
+    assert snap["state"] == "listening"
+    assert snap["stats"]["rejected_connections"] == 4
+
+    good = b.call(
+        "POST",
+        "/sessions",
+        201,
+        json={
+            "mode": "dial",
+            "peer": listen["address"],
+            "token": listen["token"],
+            "input": "silence",
+            "output": None,
+        },
+    )
+    wait_state(b, good["id"], {"connected"})
+    wait_state(a, listen["id"], {"connected"})
+    a.call("DELETE", f"/sessions/{listen['id']}")
+    assert wait_state(b, good["id"], {"ended"})["end_reason"] == "peer_hangup"
+
+
+def test_a_vanished_peer_ends_the_call_and_keeps_what_was_said(
+    nodes, tmp_path, model_dir, speech_dir
+):
+    a, _ = nodes
+    c = NodeProcess("C", tmp_path / "c", env=NODE_ENV, model_dir=model_dir).start()
+    try:
+        call_a, call_c = start_call(
+            a,
+            c,
+            listen={"input": "silence", "output": None},
+            dial={
+                "input": f"file:{speech_dir / 'en_arctic_prompts_cathy_b0006.wav'}",
+                "output": None,
+            },
+        )
+        done = wait_for_final_transcripts(c, call_c["id"], a, call_a["id"], timeout=60)
+        assert done["peer_segments"]
+        c.kill()  # SIGKILL: no bye, no goodbye
+        t0 = time.monotonic()
+        snap = wait_state(a, call_a["id"], {"ended"}, timeout=10)
+        assert time.monotonic() - t0 < 5
+        assert snap["end_reason"] == "peer_lost"
+        kept = a.call("GET", f"/sessions/{call_a['id']}/transcript")["segments"]
+        assert [s["text"] for s in kept] == [s["text"] for s in done["peer_segments"]]
+    finally:
+        c.kill()

@@ -1,0 +1,135 @@
+"""Wire protocol: every message round-trips; anything malformed is refused, never crashes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import struct
+
+import pytest
+
+from service.transport import protocol as p
+
+
+def frame(kind: int, body: bytes) -> bytes:
+    return p.HEADER.pack(kind, len(body)) + body
+
+
+MESSAGES = [
+    p.Hello(token="s3cret", transcribes=True, codecs=("pcm16",), node="node-a"),
+    p.Hello(token="", transcribes=False),
+    p.Audio(
+        seq=7, capture_time_us=1_700_000_000_123_456, payload=bytes(range(256)) * 2 + bytes(128)
+    ),
+    p.Transcript(
+        no=3,
+        start=1.5,
+        end=4.25,
+        text="Ask not — what your country… 国",
+        language="en",
+        avg_logprob=-0.2,
+        no_speech_prob=0.01,
+        compression_ratio=1.3,
+    ),
+    p.Transcript(no=0, start=0.0, end=0.0, text=""),
+    p.Bye(reason="hangup"),
+]
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
+def test_round_trip(message):
+    assert p.Decoder().feed(p.encode(message)) == [message]
+
+
+def test_stream_split_at_every_byte_boundary():
+    stream = b"".join(p.encode(m) for m in MESSAGES)
+    for cut in range(1, len(stream)):
+        d = p.Decoder()
+        got = d.feed(stream[:cut]) + d.feed(stream[cut:])
+        assert got == MESSAGES
+        assert d.buffered == 0
+
+
+def test_truncated_message_waits_for_the_rest():
+    data = p.encode(MESSAGES[0])
+    d = p.Decoder()
+    assert d.feed(data[:-1]) == []
+    assert d.buffered == len(data) - 1
+    assert d.feed(data[-1:]) == [MESSAGES[0]]
+
+
+def test_oversized_length_rejected_before_the_body_arrives():
+    d = p.Decoder()
+    with pytest.raises(p.ProtocolError, match="exceeds"):
+        d.feed(p.HEADER.pack(p.MessageType.AUDIO, p.MAX_BODY + 1))
+    with pytest.raises(p.ProtocolError, match="exceeds"):
+        p.Decoder().feed(p.HEADER.pack(p.MessageType.HELLO, 2**32 - 1))
+
+
+def test_encoder_refuses_oversized_messages():
+    with pytest.raises(p.ProtocolError):
+        p.encode(p.Bye(reason="x" * (p.MAX_BODY + 10)))
+
+
+@pytest.mark.parametrize(
+    "kind,body,match",
+    [
+        (99, b"{}", "unknown message type"),
+        (0, b"", "unknown message type"),
+        (p.MessageType.HELLO, b"\x80\x81garbage", "not valid JSON"),
+        (p.MessageType.HELLO, b"[1, 2]", "JSON object"),
+        (p.MessageType.HELLO, b'{"protocol": "other", "version": 1}', "hello"),
+        (
+            p.MessageType.HELLO,
+            json.dumps(
+                {"protocol": p.PROTOCOL_NAME, "version": "1", "token": "t", "transcribes": True}
+            ).encode(),
+            "version",
+        ),
+        (
+            p.MessageType.HELLO,
+            json.dumps(
+                {"protocol": p.PROTOCOL_NAME, "version": 1, "token": 5, "transcribes": True}
+            ).encode(),
+            "token",
+        ),
+        (
+            p.MessageType.HELLO,
+            json.dumps(
+                {"protocol": p.PROTOCOL_NAME, "version": 1, "token": "t", "transcribes": "yes"}
+            ).encode(),
+            "transcribes",
+        ),
+        (p.MessageType.AUDIO, b"\x00\x00", "shorter than its header"),
+        (p.MessageType.AUDIO, struct.pack(">BIQ", 9, 1, 1) + bytes(640), "unknown audio codec"),
+        (p.MessageType.AUDIO, struct.pack(">BIQ", 0, 1, 1) + bytes(639), "640 bytes"),
+        (p.MessageType.TRANSCRIPT, b'{"no": -1, "start": 0, "end": 1, "text": ""}', "no"),
+        (p.MessageType.TRANSCRIPT, b'{"no": 1, "start": 2, "end": 1, "text": ""}', "start"),
+        (p.MessageType.TRANSCRIPT, b'{"no": 1, "start": NaN, "end": 1, "text": ""}', "JSON"),
+        (p.MessageType.TRANSCRIPT, b'{"no": 1, "start": 0, "end": 1, "text": 7}', "text"),
+        (p.MessageType.TRANSCRIPT, b'{"no": true, "start": 0, "end": 1, "text": ""}', "no"),
+        (p.MessageType.BYE, b'{"reason": null}', "reason"),
+        (p.MessageType.BYE, b"", "not valid JSON"),
+    ],
+)
+def test_malformed_messages_are_refused(kind, body, match):
+    with pytest.raises(p.ProtocolError, match=match):
+        p.Decoder().feed(frame(kind, body))
+
+
+def test_pickle_payload_is_just_garbage():
+    import pickle
+
+    evil = pickle.dumps({"token": "x"})
+    with pytest.raises(p.ProtocolError):
+        p.Decoder().feed(frame(p.MessageType.HELLO, evil))
+
+
+def test_random_garbage_never_escapes_as_another_exception():
+    import random
+
+    rng = random.Random(1234)
+    for _ in range(3000):
+        blob = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 64)))
+        with contextlib.suppress(p.ProtocolError):
+            p.Decoder().feed(blob)

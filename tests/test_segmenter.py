@@ -1,0 +1,50 @@
+"""Utterance segmentation: speech becomes utterances at its pauses; silence and noise
+become nothing at all."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from service.asr.segmenter import Segmenter, SegmenterConfig
+from service.audio.frames import FRAME_SAMPLES
+from service.audio.wavfile import read_wav
+
+
+def run(segmenter, pcm):
+    out = []
+    for i in range(0, pcm.size - FRAME_SAMPLES + 1, FRAME_SAMPLES):
+        u = segmenter.push(pcm[i : i + FRAME_SAMPLES])
+        if u:
+            out.append(u)
+    if (u := segmenter.flush()) is not None:
+        out.append(u)
+    return out
+
+
+def test_silence_and_low_noise_produce_no_utterance():
+    assert run(Segmenter(), np.zeros(16_000 * 60, dtype=np.int16)) == []
+    rng = np.random.default_rng(7)
+    noise = rng.normal(0, 200, 16_000 * 60).astype(np.int16)
+    assert run(Segmenter(), noise) == []
+
+
+def test_speech_is_cut_into_utterances_that_cover_it(speech_dir):
+    pcm = read_wav(speech_dir / "en_jfk_inaugural_1961.wav")
+    lead = np.zeros(16_000, dtype=np.int16)
+    utts = run(Segmenter(), np.concatenate([lead, pcm, np.zeros(16_000, dtype=np.int16)]))
+    assert len(utts) >= 2
+    assert utts[0].start_s >= 0.7  # nothing long before the speech (1 s lead-in, 0.3 s pre-roll)
+    assert all(a.end_s <= b.start_s for a, b in itertools.pairwise(utts))
+    assert utts[-1].end_s >= 10.5  # the last words are kept
+    for u in utts:
+        assert u.audio.dtype == np.float32
+        assert abs(u.audio.size / 16_000 - (u.end_s - u.start_s)) < 0.021
+
+
+def test_long_speech_is_cut_at_the_maximum_length(speech_dir):
+    pcm = read_wav(speech_dir / "en_jfk_inaugural_1961.wav")
+    utts = run(Segmenter(SegmenterConfig(max_utterance_s=3.0, end_silence_ms=2000)), pcm)
+    assert len(utts) >= 3
+    assert all(u.end_s - u.start_s <= 3.0 + 1e-6 for u in utts)
