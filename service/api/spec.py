@@ -41,4 +41,3 @@ spec = SpecTree(
     validation_error_status=400,
     annotations=True,
 )
-

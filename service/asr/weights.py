@@ -607,6 +607,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # The same cache the node reads, so converting here means the node finds it there.
+    from service.config import load_settings
+
     model_dir = args.model_dir or load_settings().model_dir
     try:
         for model in args.models:

@@ -358,6 +358,8 @@ class DeviceSource:
     """
 
     QUEUE_FRAMES = 50  # 1 s
+    CLOCK_GAIN = 0.05  # share of the wall-clock error corrected per callback (~0.4 s to settle)
+    REANCHOR_S = 0.1
 
     def __init__(self, device: DeviceInfo) -> None:
         if device.max_input_channels < 1:
@@ -369,6 +371,7 @@ class DeviceSource:
         self._resampler: Any = None
         self._framer = Framer()
         self._pushed = 0  # 16 kHz samples given to the framer
+        self._last_end = 0.0  # wall clock just after the previous chunk's last sample
         self._closing = False
         self._closed = False
         self.frames_captured = 0
@@ -411,7 +414,16 @@ class DeviceSource:
         adc = time_info.get("input_buffer_adc_time", 0.0) if time_info else 0.0
         cur = time_info.get("current_time", 0.0) if time_info else 0.0
         lag = cur - adc
-        end = now - lag + duration if adc > 0 and 0 <= lag < 1.0 else now
+        raw_end = now - lag + duration if adc > 0 and 0 <= lag < 1.0 else now
+        # The raw estimate is late by however long this thread waited for the GIL; the device
+        # clock is steady. So follow the sample count and let the wall clock pull it in
+        # slowly, re-anchoring only after a real gap (an overflow, a stalled device).
+        expected = self._last_end + duration
+        if self._last_end and abs(raw_end - expected) < self.REANCHOR_S:
+            end = expected + self.CLOCK_GAIN * (raw_end - expected)
+        else:
+            end = raw_end
+        self._last_end = end
         if self._resampler is not None:
             chunk = self._resampler.resample_chunk(chunk)
             end -= self._resampler.delay() / SAMPLE_RATE
