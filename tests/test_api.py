@@ -7,6 +7,7 @@ Runs the real app over a real Node and SQLite file; only the Whisper model is no
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 
@@ -244,3 +245,44 @@ def test_health_and_openapi(client):
     schema = doc["components"]["schemas"][schema_ref.rsplit("/", 1)[1]]
     assert {"mode", "port", "peer", "token", "input", "output"} <= set(schema["properties"])
     assert "/sessions/{call_id}/transcript" in doc["paths"]
+
+
+def wait_for(client, call_id, states, timeout=10.0):
+    import gevent
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        snap = client.get(f"/sessions/{call_id}").get_json()
+        if snap["state"] in states:
+            return snap
+        gevent.sleep(0.05)  # lets the call's greenlets run in this (unpatched) process
+    raise AssertionError(f"{call_id} never reached {states}: {snap}")
+
+
+def test_dial_to_a_closed_port_fails_with_the_reason(client):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: connections are refused
+        body = {
+            "mode": "dial",
+            "peer": f"127.0.0.1:{port}",
+            "token": "t",
+            "input": "silence",
+            "output": None,
+        }
+        r = client.post("/sessions", json=body)
+        assert r.status_code == 201 and r.get_json()["state"] == "connecting"
+        snap = wait_for(client, r.get_json()["id"], {"failed"})
+    assert snap["end_reason"].startswith("connect_failed")
+
+
+def test_hanging_up_a_dial_that_is_still_connecting_ends_it(client):
+    with socket.socket() as silent_peer:  # accepts TCP, never answers the hello
+        silent_peer.bind(("127.0.0.1", 0))
+        silent_peer.listen()
+        peer = f"127.0.0.1:{silent_peer.getsockname()[1]}"
+        body = {"mode": "dial", "peer": peer, "token": "t", "input": "silence", "output": None}
+        created = client.post("/sessions", json=body).get_json()
+        assert created["state"] == "connecting"
+        ended = client.delete(f"/sessions/{created['id']}").get_json()
+    assert (ended["state"], ended["end_reason"]) == ("ended", "hangup")

@@ -89,6 +89,7 @@ class CallSession:
         self._greenlets: list[gevent.Greenlet] = []
         self._listener: socket | None = None
         self._ending = False
+        self._claimed = False
         self._segmenters: dict[str, Segmenter] = {}
         self._numbers = {"local": 0, "remote": 0}
         self._pending_asr = 0
@@ -143,14 +144,18 @@ class CallSession:
             if not secrets.compare_digest(hello.token.encode(), self.token.encode()):
                 self._turn_away(link, peer, "wrong call token")
                 return
-            if self.state != "listening":
+            if self.state != "listening" or self._claimed:
                 self._turn_away(link, peer, "call is no longer listening")
                 return
+            # Claimed before the reply (which yields), so two right callers arriving
+            # together cannot both be connected.
+            self._claimed = True
             link.send(self._hello(""))
         except (p.ProtocolError, LinkClosed, TimeoutError, OSError) as exc:
             self.rejected_connections += 1
             log.warning("call %s: rejected connection from %s: %s", self.id, peer, exc)
             link.close()
+            self._claimed = False
             return
         self.peer_address = peer
         if self._listener is not None:
@@ -348,8 +353,11 @@ class CallSession:
 
     # -- ending -------------------------------------------------------------------------
 
-    def end(self, reason: str = "hangup", notify_peer: bool = True) -> None:
-        """Hang up (idempotent). Blocks the calling greenlet until the call is closed."""
+    def end(self, reason: str = "hangup", notify_peer: bool = True, failed: bool = False) -> None:
+        """Hang up (idempotent). Blocks the calling greenlet until the call is closed.
+
+        `failed` marks a call that never connected because connecting went wrong (as
+        opposed to one that was hung up before anyone answered)."""
         if self._ending:
             self.ended.wait()
             return
@@ -376,7 +384,7 @@ class CallSession:
         self.sink.close()
         self.ended_at = time.time()
         self.end_reason = reason
-        self.state = "ended" if was_connected else ("failed" if self.mode == "dial" else "ended")
+        self.state = "failed" if failed and not was_connected else "ended"
         self._persist(
             state=self.state,
             ended_at=datetime.fromtimestamp(self.ended_at, UTC),
@@ -389,7 +397,7 @@ class CallSession:
 
     def _fail(self, reason: str) -> None:
         log.warning("call %s failed: %s", self.id, reason)
-        self.end(reason, notify_peer=False)
+        self.end(reason, notify_peer=False, failed=True)
 
     # -- reporting ----------------------------------------------------------------------
 
