@@ -286,3 +286,25 @@ def test_hanging_up_a_dial_that_is_still_connecting_ends_it(client):
         assert created["state"] == "connecting"
         ended = client.delete(f"/sessions/{created['id']}").get_json()
     assert (ended["state"], ended["end_reason"]) == ("ended", "hangup")
+
+
+def test_a_peer_that_goes_silent_is_dropped_as_peer_lost(client):
+    """The TCP connection stays open, but nothing arrives: the call must not hang forever."""
+    from gevent import socket as gsocket
+
+    from service.calls.session import PEER_SILENCE_S
+    from service.transport import protocol as p
+
+    body = {"mode": "listen", "port": 0, "input": "silence", "output": None}
+    created = client.post("/sessions", json=body).get_json()
+    host, port = created["address"].rsplit(":", 1)
+    with gsocket.create_connection((host, int(port)), timeout=5) as frozen:
+        frozen.sendall(p.encode(p.Hello(token=created["token"], transcribes=False)))
+        reply = p.Decoder().feed(frozen.recv(4096))
+        assert isinstance(reply[0], p.Hello)
+        wait_for(client, created["id"], {"connected"})
+        t0 = time.monotonic()
+        snap = wait_for(client, created["id"], {"ended"}, timeout=PEER_SILENCE_S + 5)
+        waited = time.monotonic() - t0
+    assert snap["end_reason"] == "peer_lost"
+    assert PEER_SILENCE_S - 1 <= waited <= PEER_SILENCE_S + 2

@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 LIVE_STATES = ("listening", "connecting", "connected")
 DRAIN_TIMEOUT_S = 30.0  # longest a hang-up waits for the last utterance's transcription
+# A connected peer sends an audio frame every 20 ms, silence included, so this long
+# without a single message means it is gone even if TCP has not noticed (a partition,
+# a frozen process).
+PEER_SILENCE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -252,9 +256,10 @@ class CallSession:
         assert link is not None
         while True:
             try:
-                message = link.recv()
-            except LinkClosed:
+                message = link.recv(timeout=PEER_SILENCE_S)
+            except (LinkClosed, TimeoutError) as exc:
                 if not self._ending:
+                    log.warning("call %s: peer %s lost: %s", self.id, link.peer, exc or "silent")
                     self._spawn(self.end, "peer_lost", False)
                 return
             except p.ProtocolError as exc:
