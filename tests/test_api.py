@@ -93,6 +93,16 @@ def test_schema_violations_are_400_with_the_field_named(client, body, field):
         ),
         ({"mode": "listen", "port": 0, "input": "tone:abc"}, "unusable_device", "tone"),
         (
+            {"mode": "listen", "port": 0, "input": "silence", "output": "file:/no/such/dir/x.wav"},
+            "unusable_device",
+            "no such directory",
+        ),
+        (
+            {"mode": "listen", "port": 0, "input": "silence", "output": f"file:{__file__}"},
+            "unusable_device",
+            "never overwritten",
+        ),
+        (
             {"mode": "dial", "peer": "nowhere.invalid:7000", "token": "t", "input": "silence"},
             "unusable_address",
             "resolve",

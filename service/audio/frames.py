@@ -13,7 +13,6 @@ import numpy as np
 SAMPLE_RATE = 16_000
 FRAME_MS = 20
 FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000  # 320
-FRAME_BYTES = FRAME_SAMPLES * 2
 
 
 @dataclass(slots=True)

@@ -51,6 +51,8 @@ def open_sink(spec: str | int | None) -> Sink:
         path = Path(spec[5:]).expanduser()
         if not path.parent.is_dir():
             raise AudioSpecError(f"cannot record to {path}: no such directory")
+        if path.exists():
+            raise AudioSpecError(f"cannot record to {path}: it exists (never overwritten)")
         return WavFileSink(path)
     from service.audio import devices
 

@@ -24,6 +24,7 @@ PROTOCOL_VERSION = 1
 HEADER = struct.Struct(">BI")
 MAX_BODY = 16 * 1024  # a 20 ms PCM16 frame is 652 bytes; a transcript a few hundred
 AUDIO_HEADER = struct.Struct(">BIQ")  # codec, sequence number, capture time (µs since epoch)
+PCM16_FRAME_BYTES = 640  # 20 ms of 16 kHz mono 16-bit: the only PCM frame size on the wire
 MAX_TEXT = 4000  # characters of one transcript segment
 MAX_REASON = 200
 
@@ -147,8 +148,10 @@ def _decode_audio(body: bytes) -> Audio:
     except ValueError:
         raise ProtocolError(f"unknown audio codec {codec}") from None
     payload = body[AUDIO_HEADER.size :]
-    if codec is Codec.PCM16 and len(payload) != 640:
-        raise ProtocolError(f"PCM16 frame must carry 640 bytes (20 ms), got {len(payload)}")
+    if codec is Codec.PCM16 and len(payload) != PCM16_FRAME_BYTES:
+        raise ProtocolError(
+            f"PCM16 frame must carry {PCM16_FRAME_BYTES} bytes (20 ms), got {len(payload)}"
+        )
     return Audio(seq=seq, capture_time_us=capture_us, payload=bytes(payload), codec=codec)
 
 
