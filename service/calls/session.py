@@ -58,6 +58,15 @@ def new_token() -> str:
     return secrets.token_urlsafe(24)
 
 
+# What a segment carries besides its place in time, alike in ASR results, wire messages
+# and stored rows.
+SEGMENT_FIGURES = ("text", "language", "avg_logprob", "no_speech_prob", "compression_ratio")
+
+
+def _figures(segment: SegmentResult | p.Transcript) -> dict[str, Any]:
+    return {name: getattr(segment, name) for name in SEGMENT_FIGURES}
+
+
 def _ts(t: float | None) -> str | None:
     return None if t is None else datetime.fromtimestamp(t, UTC).isoformat()
 
@@ -306,33 +315,13 @@ class CallSession:
             for r in results:
                 number = self._numbers[speaker]
                 self._numbers[speaker] += 1
-                seg = SegmentIn(
-                    speaker=speaker,
-                    number=number,
-                    start_s=r.start_s,
-                    end_s=r.end_s,
-                    text=r.text,
-                    language=r.language,
-                    avg_logprob=r.avg_logprob,
-                    no_speech_prob=r.no_speech_prob,
-                    compression_ratio=r.compression_ratio,
-                )
+                figures = _figures(r)
                 # Committed first: only a durable segment is reported to anyone.
-                if self.node.store.add_segment(self.id, seg) is not None:
-                    self.segments_stored[speaker] += 1
+                self._store(speaker, number, r.start_s, r.end_s, figures)
                 if speaker == "local" and self.link is not None and not self.link.closed:
                     with contextlib.suppress(LinkClosed):
                         self.link.send(
-                            p.Transcript(
-                                no=number,
-                                start=r.start_s,
-                                end=r.end_s,
-                                text=r.text,
-                                language=r.language,
-                                avg_logprob=r.avg_logprob,
-                                no_speech_prob=r.no_speech_prob,
-                                compression_ratio=r.compression_ratio,
-                            )
+                            p.Transcript(no=number, start=r.start_s, end=r.end_s, **figures)
                         )
         finally:
             self._pending_asr -= 1
@@ -342,19 +331,14 @@ class CallSession:
     def _store_remote(self, t: p.Transcript) -> None:
         if "remote" in self._segmenters:
             return  # we transcribe the peer ourselves; it said it would not
-        seg = SegmentIn(
-            speaker="remote",
-            number=t.no,
-            start_s=t.start,
-            end_s=t.end,
-            text=t.text,
-            language=t.language,
-            avg_logprob=t.avg_logprob,
-            no_speech_prob=t.no_speech_prob,
-            compression_ratio=t.compression_ratio,
-        )
+        self._store("remote", t.no, t.start, t.end, _figures(t))
+
+    def _store(
+        self, speaker: str, number: int, start: float, end: float, figures: dict[str, Any]
+    ) -> None:
+        seg = SegmentIn(speaker=speaker, number=number, start_s=start, end_s=end, **figures)
         if self.node.store.add_segment(self.id, seg) is not None:
-            self.segments_stored["remote"] += 1
+            self.segments_stored[speaker] += 1
 
     # -- ending -------------------------------------------------------------------------
 
