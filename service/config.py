@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 
@@ -26,6 +26,8 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    api_token: str = field(default="", repr=False)  # never printed, never logged
+    allow_unauthenticated_api: bool = False
     data_dir: Path = Path("data")
     database_url: str = ""  # derived from data_dir when empty
     model: str = "tiny.en"
@@ -53,6 +55,14 @@ class Settings:
 ENV_VARS: dict[str, tuple[str, str]] = {
     "api_host": ("IM_API_HOST", "Address the control API binds to."),
     "api_port": ("IM_API_PORT", "Port of the control API."),
+    "api_token": (
+        "IM_API_TOKEN",
+        "Bearer token every API call but /healthz must carry (at least 16 characters).",
+    ),
+    "allow_unauthenticated_api": (
+        "IM_ALLOW_UNAUTHENTICATED_API",
+        "Set to 1 to serve the API on a non-loopback address without a token.",
+    ),
     "data_dir": ("IM_DATA_DIR", "Directory for the database and converted model weights."),
     "database_url": (
         "IM_DATABASE_URL",
@@ -143,6 +153,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         if not 100 <= ms <= 5000:
             raise ConfigError(f"IM_UTTERANCE_END_SILENCE_MS must be 100..5000, got {v!r}")
         values["utterance_end_silence_ms"] = ms
+    if (v := get("api_token")) is not None:
+        if len(v) < 16:
+            raise ConfigError("IM_API_TOKEN must be at least 16 characters")
+        values["api_token"] = v
+    if (v := get("allow_unauthenticated_api")) is not None:
+        if v.lower() not in ("1", "true", "yes", "0", "false", "no"):
+            raise ConfigError(f"IM_ALLOW_UNAUTHENTICATED_API must be 1 or 0, got {v!r}")
+        values["allow_unauthenticated_api"] = v.lower() in ("1", "true", "yes")
     if (v := get("log_level")) is not None:
         if v.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"IM_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {v!r}")
@@ -170,6 +188,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     values["database_url"] = url
 
     settings = Settings(**values)  # type: ignore[arg-type]
+    if (
+        not settings.api_token
+        and not settings.allow_unauthenticated_api
+        and not _is_loopback(settings.api_host)
+    ):
+        raise ConfigError(
+            f"refusing to serve the API on {settings.api_host} without IM_API_TOKEN: anyone "
+            "who can reach it could place calls; set IM_API_TOKEN (or "
+            "IM_ALLOW_UNAUTHENTICATED_API=1 if something else guards the port)"
+        )
     if not settings.advertise_host:
         settings = _with_advertise_host(settings)
     return settings
@@ -198,3 +226,12 @@ def _with_advertise_host(settings: Settings) -> Settings:
         except OSError:
             host = "127.0.0.1"
     return dataclasses.replace(settings, advertise_host=host)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

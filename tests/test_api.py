@@ -318,3 +318,49 @@ def test_a_peer_that_goes_silent_is_dropped_as_peer_lost(client):
         waited = time.monotonic() - t0
     assert snap["end_reason"] == "peer_lost"
     assert PEER_SILENCE_S - 1 <= waited <= PEER_SILENCE_S + 2
+
+
+TOKEN = "correct-horse-battery-staple"
+
+
+@pytest.fixture
+def guarded(tmp_path):
+    settings = load_settings(
+        {"IM_DATA_DIR": str(tmp_path), "IM_API_TOKEN": TOKEN, "IM_CALL_HOST": "127.0.0.1"}
+    )
+    n = Node(settings, load_model=False)
+    n.start()
+    yield create_app(n).test_client()
+    n.close()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong-token-wrong-token"},
+        {"Authorization": TOKEN},
+        {"Authorization": f"Basic {TOKEN}"},
+    ],
+    ids=["missing", "wrong", "no-scheme", "basic"],
+)
+def test_without_the_token_every_endpoint_is_401(guarded, headers):
+    for method, path in [
+        ("GET", "/sessions"),
+        ("POST", "/sessions"),
+        ("GET", "/devices"),
+        ("GET", "/openapi.json"),
+        ("DELETE", "/sessions/x"),
+    ]:
+        r = guarded.open(path, method=method, headers=headers, json={"mode": "listen"})
+        err = error(r, 401, "unauthorized")
+        assert TOKEN not in err["message"]
+        assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert guarded.get("/sessions", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+def test_health_needs_no_token(guarded):
+    assert guarded.get("/healthz").status_code == 200
+    doc = guarded.get("/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"}).get_json()
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert doc["paths"]["/healthz"]["get"]["security"] == []

@@ -48,3 +48,18 @@ def test_every_setting_is_documented_in_the_readme():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for variable, _doc in ENV_VARS.values():
         assert f"`{variable}`" in readme, f"{variable} missing from the README's table"
+
+
+def test_a_public_api_needs_a_token_unless_told_otherwise():
+    with pytest.raises(ConfigError, match="IM_API_TOKEN"):
+        load_settings({"IM_API_HOST": "0.0.0.0"})
+    assert load_settings({"IM_API_HOST": "0.0.0.0", "IM_API_TOKEN": "x" * 16}).api_token
+    assert load_settings({"IM_API_HOST": "0.0.0.0", "IM_ALLOW_UNAUTHENTICATED_API": "1"})
+    assert load_settings({"IM_API_HOST": "::1"}).api_host == "::1"  # loopback needs none
+    with pytest.raises(ConfigError, match="16"):
+        load_settings({"IM_API_TOKEN": "short"})
+
+
+def test_the_token_never_appears_in_the_settings_repr():
+    secret = "s3cret-s3cret-s3cret"
+    assert secret not in repr(load_settings({"IM_API_TOKEN": secret}))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from service.api import sessions, system
+from service.api.auth import bearer_guard
 from service.api.errors import register_error_handlers
 from service.api.spec import spec
 from service.node import Node
@@ -18,5 +19,7 @@ def create_app(node: Node) -> Flask:
     app.register_blueprint(sessions.bp)
     app.register_blueprint(system.bp)
     register_error_handlers(app)
+    if node.settings.api_token:
+        app.before_request(bearer_guard(node.settings.api_token))
     spec.register(app)
     return app

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from spectree import SpecTree
+from spectree import SecurityScheme, SecuritySchemeData, SpecTree
 
 from service.api.errors import ApiError
 
@@ -40,4 +40,9 @@ spec = SpecTree(
     before=before_validation,
     validation_error_status=400,
     annotations=True,
+    security_schemes=[
+        SecurityScheme(name="bearer", data=SecuritySchemeData(type="http", scheme="bearer")),
+    ],
+    # Required when the node has IM_API_TOKEN set; /healthz never needs it.
+    security={"bearer": []},
 )

@@ -12,7 +12,7 @@ bp = Blueprint("system", __name__)
 
 
 @bp.get("/healthz")
-@spec.validate(resp=Resp(HTTP_200=Health, HTTP_503=Health), tags=["system"])
+@spec.validate(resp=Resp(HTTP_200=Health, HTTP_503=Health), tags=["system"], security={})
 def healthz():
     """Liveness and readiness: 200 once the model is loaded, 503 before."""
     node = current_app.extensions["intellimeet.node"]
