@@ -100,6 +100,11 @@ def hello_bytes(token: str) -> bytes:
     return struct.pack(">BI", 1, len(body)) + body
 
 
+def dial_silently(node, peer: str, token: str) -> dict:
+    body = {"mode": "dial", "peer": peer, "token": token, "input": "silence", "output": None}
+    return node.call("POST", "/sessions", 201, json=body)
+
+
 def test_wrong_callers_are_turned_away_and_the_call_keeps_listening(nodes):
     a, b = nodes
     listen = a.call(
@@ -111,18 +116,7 @@ def test_wrong_callers_are_turned_away_and_the_call_keeps_listening(nodes):
     host, port = listen["address"].rsplit(":", 1)
 
     # A dialer with the wrong token fails, and says why.
-    bad = b.call(
-        "POST",
-        "/sessions",
-        201,
-        json={
-            "mode": "dial",
-            "peer": listen["address"],
-            "token": "wrong",
-            "input": "silence",
-            "output": None,
-        },
-    )
+    bad = dial_silently(b, listen["address"], "wrong")
     failed = wait_state(b, bad["id"], {"failed"})
     assert "wrong call token" in failed["end_reason"]
 
@@ -142,18 +136,7 @@ def test_wrong_callers_are_turned_away_and_the_call_keeps_listening(nodes):
     assert snap["state"] == "listening"
     assert snap["stats"]["rejected_connections"] == 4
 
-    good = b.call(
-        "POST",
-        "/sessions",
-        201,
-        json={
-            "mode": "dial",
-            "peer": listen["address"],
-            "token": listen["token"],
-            "input": "silence",
-            "output": None,
-        },
-    )
+    good = dial_silently(b, listen["address"], listen["token"])
     wait_state(b, good["id"], {"connected"})
     wait_state(a, listen["id"], {"connected"})
     a.call("DELETE", f"/sessions/{listen['id']}")
