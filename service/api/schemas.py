@@ -83,25 +83,6 @@ class SessionList(BaseModel):
     sessions: list[SessionOut]
 
 
-class SegmentOut(BaseModel):
-    id: int
-    speaker: Literal["local", "remote"]
-    start: float
-    end: float
-    text: str
-    language: str | None = None
-    avg_logprob: float | None = None
-    no_speech_prob: float | None = None
-    compression_ratio: float | None = None
-    created_at: str
-
-
-class TranscriptOut(BaseModel):
-    call_id: str
-    state: str
-    segments: list[SegmentOut]
-
-
 class Health(BaseModel):
     status: Literal["ok", "loading"]
     model: str

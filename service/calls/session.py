@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LIVE_STATES = ("listening", "connecting", "connected")
 DRAIN_TIMEOUT_S = 30.0  # longest a hang-up waits for the last utterance's transcription
 # A connected peer sends an audio frame every 20 ms, silence included, so this long
 # without a single message means it is gone even if TCP has not noticed (a partition,
@@ -165,9 +164,7 @@ class CallSession:
             self._claimed = True
             link.send(self._hello(""))
         except (p.ProtocolError, LinkClosed, TimeoutError, OSError) as exc:
-            self.rejected_connections += 1
-            log.warning("call %s: rejected connection from %s: %s", self.id, peer, exc)
-            link.close()
+            self._turn_away(link, peer, str(exc) or type(exc).__name__, say_bye=False)
             self._claimed = False
             return
         self.peer_address = peer
@@ -175,11 +172,14 @@ class CallSession:
             self._listener.close()
         self._connected(link, hello)
 
-    def _turn_away(self, link: Link, peer: str, why: str) -> None:
+    def _turn_away(self, link: Link, peer: str, why: str, say_bye: bool = True) -> None:
+        """Count, log and close a connection that may not join; tell it why when the
+        connection can still carry a message."""
         self.rejected_connections += 1
         log.warning("call %s: rejected connection from %s: %s", self.id, peer, why)
-        with contextlib.suppress(LinkClosed):
-            link.send(p.Bye(reason="rejected: " + why))
+        if say_bye:
+            with contextlib.suppress(LinkClosed):
+                link.send(p.Bye(reason="rejected: " + why))
         link.close()
 
     def _dial(self, host: str, port: int) -> None:
