@@ -27,6 +27,7 @@ from service.asr.segmenter import Segmenter, Utterance
 from service.audio.frames import FRAME_SAMPLES
 from service.audio.sinks import Sink
 from service.audio.sources import Source
+from service.calls.events import EventBus
 from service.store.db import SegmentIn
 from service.transport import protocol as p
 from service.transport.link import Link, LinkClosed, connect
@@ -109,6 +110,7 @@ class CallSession:
         self._asr_idle.set()
         self.rejected_connections = 0
         self.segments_stored = {"local": 0, "remote": 0}
+        self.events = EventBus()
 
     # -- starting -----------------------------------------------------------------------
 
@@ -389,6 +391,10 @@ class CallSession:
         self.end(reason, notify_peer=False, failed=True)
 
     # -- reporting ----------------------------------------------------------------------
+
+    def _publish(self, kind: str, data: dict[str, Any], event_id: int | None = None) -> None:
+        """Tell live-feed listeners (SSE); never blocks the call."""
+        self.events.publish(kind, {"call_id": self.id, **data}, event_id)
 
     def _counters(self) -> dict[str, int]:
         s = self.link.stats if self.link is not None else None

@@ -1,0 +1,88 @@
+"""A call's live events (state changes, partials, finals), fanned out to live listeners.
+
+Only finals are durable (they are rows in the store), so only finals carry an event id:
+a listener that reconnects with ``Last-Event-ID`` gets the finals it missed from the
+store, and partials and states simply carry on live. Each listener has a bounded queue;
+one that cannot keep up is cut off (and can resume) rather than growing memory or
+slowing the call.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from gevent.queue import Full, Queue
+
+log = logging.getLogger(__name__)
+
+LISTENER_QUEUE = 256  # events one listener may be behind before it is cut off
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: str  # "state" | "partial" | "final" | "stats"
+    data: dict[str, Any]
+    id: int | None = None  # the stored segment id, for finals only
+
+
+class Listener:
+    def __init__(self, bus: EventBus, maxsize: int) -> None:
+        self._bus = bus
+        self.queue: Queue[Event | None] = Queue(maxsize=maxsize)
+        self.cut_off = False
+
+    def get(self, timeout: float | None = None) -> Event | None:
+        """The next event; None when the bus closed or this listener was cut off.
+        Raises gevent.queue.Empty on timeout."""
+        return self.queue.get(timeout=timeout)
+
+    def close(self) -> None:
+        self._bus.unsubscribe(self)
+
+
+class EventBus:
+    def __init__(self, max_queued: int = LISTENER_QUEUE) -> None:
+        self._max_queued = max_queued
+        self._listeners: list[Listener] = []
+        self.closed = False
+        self.listeners_cut_off = 0
+
+    def subscribe(self) -> Listener:
+        listener = Listener(self, self._max_queued + 1)  # room for the closing None
+        if self.closed:
+            listener.queue.put(None)
+        else:
+            self._listeners.append(listener)
+        return listener
+
+    def unsubscribe(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def publish(self, kind: str, data: dict[str, Any], event_id: int | None = None) -> None:
+        """Never blocks: a listener whose queue is full is cut off instead."""
+        event = Event(kind, data, event_id)
+        for listener in list(self._listeners):
+            if listener.queue.qsize() >= self._max_queued:
+                self._cut_off(listener)
+                continue
+            try:
+                listener.queue.put_nowait(event)
+            except Full:  # pragma: no cover - the size check above leaves room
+                self._cut_off(listener)
+
+    def _cut_off(self, listener: Listener) -> None:
+        self.listeners_cut_off += 1
+        listener.cut_off = True
+        self.unsubscribe(listener)
+        listener.queue.put_nowait(None)
+        log.warning("cut off a live-feed listener that fell %d events behind", self._max_queued)
+
+    def close(self) -> None:
+        """The call is over: every listener gets the end of its stream."""
+        self.closed = True
+        for listener in self._listeners:
+            listener.queue.put_nowait(None)
+        self._listeners.clear()
