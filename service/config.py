@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -20,6 +20,7 @@ class ConfigError(ValueError):
 
 MODEL_NAMES = ("tiny.en", "base")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+_BOOLS = ("1", "true", "yes", "0", "false", "no")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ class Settings:
     log_level: str = "INFO"
     hello_timeout_s: float = 5.0
     connect_timeout_s: float = 10.0
+    tls_cert: Path | None = None  # with tls_key: every call of this node runs over TLS
+    tls_key: Path | None = None
+    tls_ca: Path | None = None  # what a dialer verifies the listener's certificate against
+    tls_insecure: bool = False  # dial TLS without verifying anything (tests only)
     vad_aggressiveness: int = 2
     utterance_end_silence_ms: int = 500
     max_utterance_s: float = 15.0
@@ -80,6 +85,19 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "log_level": ("IM_LOG_LEVEL", "Logging level: DEBUG, INFO, WARNING, ERROR."),
     "hello_timeout_s": ("IM_HELLO_TIMEOUT_S", "Seconds a new connection has to send its hello."),
     "connect_timeout_s": ("IM_CONNECT_TIMEOUT_S", "Seconds a dial may take to connect."),
+    "tls_cert": (
+        "IM_TLS_CERT",
+        "PEM certificate (chain) a listening call presents; with IM_TLS_KEY, calls use TLS.",
+    ),
+    "tls_key": ("IM_TLS_KEY", "PEM private key of IM_TLS_CERT."),
+    "tls_ca": (
+        "IM_TLS_CA",
+        "PEM CA bundle a dialing call verifies the listener's certificate and address against.",
+    ),
+    "tls_insecure": (
+        "IM_TLS_INSECURE",
+        "Set to 1 to dial TLS without verifying the listener (testing only).",
+    ),
     "vad_aggressiveness": ("IM_VAD_AGGRESSIVENESS", "webrtcvad aggressiveness, 0 (lax) to 3."),
     "utterance_end_silence_ms": (
         "IM_UTTERANCE_END_SILENCE_MS",
@@ -187,6 +205,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"IM_DATABASE_URL must be an SQLAlchemy URL, got {url!r}")
     values["database_url"] = url
 
+    values.update(_tls(get))
+
     settings = Settings(**values)  # type: ignore[arg-type]
     if (
         not settings.api_token
@@ -201,6 +221,57 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if not settings.advertise_host:
         settings = _with_advertise_host(settings)
     return settings
+
+
+def _tls(get: Callable[[str], str | None]) -> dict[str, object]:
+    """TLS is all or nothing for a node: a certificate and key to present when listening,
+    and, for dialing, a CA to verify listeners against (or an explicit opt-out for tests).
+    Every file is loaded here, so a wrong path or a key that does not match the
+    certificate stops the node at start instead of failing its first call."""
+    import ssl
+
+    cert, key, ca = get("tls_cert"), get("tls_key"), get("tls_ca")
+    insecure_raw = get("tls_insecure")
+    if insecure_raw is not None and insecure_raw.lower() not in _BOOLS:
+        raise ConfigError(f"IM_TLS_INSECURE must be 1 or 0, got {insecure_raw!r}")
+    insecure = insecure_raw is not None and insecure_raw.lower() in ("1", "true", "yes")
+    if (cert is None) != (key is None):
+        raise ConfigError("IM_TLS_CERT and IM_TLS_KEY go together: set both or neither")
+    if cert is None or key is None:
+        if ca is not None or insecure:
+            raise ConfigError(
+                "IM_TLS_CA and IM_TLS_INSECURE need IM_TLS_CERT and IM_TLS_KEY: a node "
+                "uses TLS for all its calls or for none"
+            )
+        return {}
+    if ca is None and not insecure:
+        raise ConfigError(
+            "with TLS on, IM_TLS_CA must name the CA that signed the listeners' certificates "
+            "(or set IM_TLS_INSECURE=1, for testing only: nothing is verified)"
+        )
+    if ca is not None and insecure:
+        raise ConfigError("set IM_TLS_CA or IM_TLS_INSECURE, not both")
+    paths = {"tls_cert": cert, "tls_key": key} | ({"tls_ca": ca} if ca is not None else {})
+    resolved: dict[str, Path] = {}
+    for name, raw in paths.items():
+        path = Path(raw).expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError(f"{ENV_VARS[name][0]} names no readable file: {raw}")
+        resolved[name] = path
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(
+            resolved["tls_cert"], resolved["tls_key"]
+        )
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            f"IM_TLS_CERT/IM_TLS_KEY cannot be loaded as a PEM certificate and its key: {exc}"
+        ) from None
+    if "tls_ca" in resolved:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(resolved["tls_ca"])
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"IM_TLS_CA cannot be loaded as PEM certificates: {exc}") from None
+    return {**resolved, "tls_insecure": insecure}
 
 
 def _with_advertise_host(settings: Settings) -> Settings:

@@ -301,6 +301,7 @@ def test_hanging_up_a_dial_that_is_still_connecting_ends_it(client):
 def test_a_peer_that_goes_silent_is_dropped_as_peer_lost(client):
     """The TCP connection stays open, but nothing arrives: the call must not hang forever."""
     from gevent import socket as gsocket
+    from wire import dial_handshake
 
     from service.calls.session import PEER_SILENCE_S
     from service.transport import protocol as p
@@ -309,9 +310,8 @@ def test_a_peer_that_goes_silent_is_dropped_as_peer_lost(client):
     created = client.post("/sessions", json=body).get_json()
     host, port = created["address"].rsplit(":", 1)
     with gsocket.create_connection((host, int(port)), timeout=5) as frozen:
-        frozen.sendall(p.encode(p.Hello(token=created["token"], transcribes=False)))
-        reply = p.Decoder().feed(frozen.recv(4096))
-        assert isinstance(reply[0], p.Hello)
+        answer, _ = dial_handshake(frozen, created["token"])  # then never a word (nor pong)
+        assert isinstance(answer, p.Auth)
         wait_for(client, created["id"], {"connected"})
         t0 = time.monotonic()
         snap = wait_for(client, created["id"], {"ended"}, timeout=PEER_SILENCE_S + 5)

@@ -3,17 +3,17 @@ loopback, with a real speech recording as the dialer's microphone and tiny.en tr
 
 from __future__ import annotations
 
-import json
 import socket
-import struct
 import time
 
 import jiwer
 import pytest
 from conftest import reference
 from whisper.normalizers import EnglishTextNormalizer
+from wire import dial_handshake
 
 from service.localnodes import NodeProcess, start_call, wait_for_final_transcripts
+from service.transport import protocol as p
 
 pytestmark = pytest.mark.slow
 CLIP = "en_librispeech_1995-1837-0001.wav"
@@ -87,19 +87,6 @@ def test_both_nodes_transcribe_the_dialers_speech(nodes, speech_dir):
     assert "Remote:" in text and "Local:" not in text
 
 
-def hello_bytes(token: str) -> bytes:
-    body = json.dumps(
-        {
-            "protocol": "intellimeet-call",
-            "version": 1,
-            "token": token,
-            "transcribes": False,
-            "codecs": ["pcm16"],
-        }
-    ).encode()
-    return struct.pack(">BI", 1, len(body)) + body
-
-
 def dial_silently(node, peer: str, token: str) -> dict:
     body = {"mode": "dial", "peer": peer, "token": token, "input": "silence", "output": None}
     return node.call("POST", "/sessions", 201, json=body)
@@ -128,9 +115,8 @@ def test_wrong_callers_are_turned_away_and_the_call_keeps_listening(nodes):
         s.settimeout(5)
         assert s.recv(100) == b""  # hello deadline (1 s here)
     with socket.create_connection((host, int(port)), timeout=5) as s:
-        s.sendall(hello_bytes("also-wrong"))
-        reply = s.recv(1000)
-        assert reply[:1] == b"\x04" and b"wrong call token" in reply  # a bye, with the reason
+        answer, _ = dial_handshake(s, "also-wrong")
+        assert answer == p.Bye(reason="rejected: wrong call token")  # a bye, with the reason
 
     snap = a.call("GET", f"/sessions/{listen['id']}")
     assert snap["state"] == "listening"

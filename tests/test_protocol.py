@@ -15,12 +15,19 @@ def frame(kind: int, body: bytes) -> bytes:
     return p.HEADER.pack(kind, len(body)) + body
 
 
+NONCE = "0123456789abcdef" * 4
+
 MESSAGES = [
-    p.Hello(token="s3cret", transcribes=True, codecs=("pcm16",), node="node-a"),
-    p.Hello(token="", transcribes=False),
+    p.Hello(transcribes=True, codecs=("opus", "pcm16"), node="node-a", nonce=NONCE),
+    p.Hello(transcribes=False, nonce="f" * 64),
     p.Audio(
         seq=7, capture_time_us=1_700_000_000_123_456, payload=bytes(range(256)) * 2 + bytes(128)
     ),
+    p.Audio(seq=8, capture_time_us=1, payload=b"\xfc", codec=p.Codec.OPUS),
+    p.Audio(seq=9, capture_time_us=2, payload=bytes(p.OPUS_MAX_PACKET), codec=p.Codec.OPUS),
+    p.Auth(proof="a" * 64),
+    p.Ping(id=1, sent_us=123_456_789),
+    p.Pong(id=2**32 - 1, sent_us=2**64 - 1),
     p.Transcript(
         no=3,
         start=1.5,
@@ -71,6 +78,63 @@ def test_encoder_refuses_oversized_messages():
         p.encode(p.Bye(reason="x" * (p.MAX_BODY + 10)))
 
 
+def test_a_decoded_hello_keeps_the_bytes_it_came_in():
+    """The handshake hashes hellos exactly as sent, so a peer's spelling of the JSON (key
+    order, spaces, extra fields) must survive decoding."""
+    body = json.dumps(
+        {
+            "nonce": NONCE,
+            "transcribes": True,
+            "version": p.PROTOCOL_VERSION,
+            "protocol": p.PROTOCOL_NAME,
+            "future_field": [1, 2],
+        },
+        indent=1,
+    ).encode()
+    (hello,) = p.Decoder().feed(frame(p.MessageType.HELLO, body))
+    assert hello.nonce == NONCE and hello.codecs == ()
+    assert p.hello_body(hello) == body
+    mine = p.Hello(transcribes=True, nonce=NONCE)
+    assert p.hello_body(mine) == p.encode(mine)[p.HEADER.size :]
+
+
+def test_an_older_hello_still_parses_so_its_version_can_be_refused():
+    body = json.dumps(
+        {"protocol": p.PROTOCOL_NAME, "version": 1, "token": "t", "transcribes": True}
+    ).encode()
+    (hello,) = p.Decoder().feed(frame(p.MessageType.HELLO, body))
+    assert hello.version == 1 and hello.nonce == ""
+
+
+def test_the_token_is_not_part_of_a_hello():
+    assert "token" not in json.loads(p.encode(MESSAGES[0])[p.HEADER.size :])
+
+
+@pytest.mark.parametrize(
+    "mine,theirs,chosen",
+    [
+        (("opus", "pcm16"), ("opus", "pcm16"), "opus"),
+        (("pcm16", "opus"), ["opus"], "opus"),
+        (("opus", "pcm16"), ("pcm16",), "pcm16"),
+        (("pcm16",), ("opus", "pcm16"), "pcm16"),
+        ((), ("speex",), "pcm16"),
+    ],
+)
+def test_choose_codec(mine, theirs, chosen):
+    assert p.choose_codec(mine, theirs) == chosen
+
+
+def test_a_tls_client_hello_is_named_as_such():
+    client_hello = bytes.fromhex("160301020001") + bytes(100)
+    with pytest.raises(p.ProtocolError, match="TLS"):
+        p.Decoder().feed(client_hello)
+
+
+def hello_json(**fields) -> bytes:
+    base = {"protocol": p.PROTOCOL_NAME, "version": p.PROTOCOL_VERSION, "transcribes": True}
+    return json.dumps({**base, "nonce": NONCE, **fields}).encode()
+
+
 @pytest.mark.parametrize(
     "kind,body,match",
     [
@@ -86,23 +150,26 @@ def test_encoder_refuses_oversized_messages():
             ).encode(),
             "version",
         ),
-        (
-            p.MessageType.HELLO,
-            json.dumps(
-                {"protocol": p.PROTOCOL_NAME, "version": 1, "token": 5, "transcribes": True}
-            ).encode(),
-            "token",
-        ),
-        (
-            p.MessageType.HELLO,
-            json.dumps(
-                {"protocol": p.PROTOCOL_NAME, "version": 1, "token": "t", "transcribes": "yes"}
-            ).encode(),
-            "transcribes",
-        ),
+        (p.MessageType.HELLO, hello_json(transcribes="yes"), "transcribes"),
+        (p.MessageType.HELLO, hello_json(nonce=None), "nonce"),
+        (p.MessageType.HELLO, hello_json(nonce=""), "nonce"),
+        (p.MessageType.HELLO, hello_json(nonce="ab" * 31), "nonce"),
+        (p.MessageType.HELLO, hello_json(nonce=NONCE.upper()), "nonce"),
+        (p.MessageType.HELLO, hello_json(nonce="g" * 64), "nonce"),
+        (p.MessageType.HELLO, hello_json(codecs="pcm16"), "codecs"),
+        (p.MessageType.HELLO, hello_json(codecs=["x"] * 9), "codecs"),
+        (p.MessageType.AUTH, b'{"proof": 5}', "proof"),
+        (p.MessageType.AUTH, b'{"proof": "abc"}', "proof"),
+        (p.MessageType.AUTH, json.dumps({"proof": "z" * 64}).encode(), "proof"),
+        (p.MessageType.AUTH, b"{}", "proof"),
+        (p.MessageType.PING, b"\x00" * 11, "12 bytes"),
+        (p.MessageType.PONG, b"\x00" * 13, "12 bytes"),
+        (p.MessageType.PING, b"", "12 bytes"),
         (p.MessageType.AUDIO, b"\x00\x00", "shorter than its header"),
         (p.MessageType.AUDIO, struct.pack(">BIQ", 9, 1, 1) + bytes(640), "unknown audio codec"),
         (p.MessageType.AUDIO, struct.pack(">BIQ", 0, 1, 1) + bytes(639), "640 bytes"),
+        (p.MessageType.AUDIO, struct.pack(">BIQ", 1, 1, 1), "Opus packet"),
+        (p.MessageType.AUDIO, struct.pack(">BIQ", 1, 1, 1) + bytes(1276), "Opus packet"),
         (p.MessageType.TRANSCRIPT, b'{"no": -1, "start": 0, "end": 1, "text": ""}', "no"),
         (p.MessageType.TRANSCRIPT, b'{"no": 1, "start": 2, "end": 1, "text": ""}', "start"),
         (p.MessageType.TRANSCRIPT, b'{"no": 1, "start": NaN, "end": 1, "text": ""}', "JSON"),

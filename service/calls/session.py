@@ -29,8 +29,17 @@ from service.audio.sinks import Sink
 from service.audio.sources import Source
 from service.calls.events import EventBus
 from service.store.db import SegmentIn
+from service.transport import handshake
 from service.transport import protocol as p
-from service.transport.link import Link, LinkClosed, connect
+from service.transport.link import (
+    Link,
+    LinkClosed,
+    TlsError,
+    accept_tls,
+    client_context,
+    connect,
+    server_context,
+)
 
 if TYPE_CHECKING:
     from socket import socket
@@ -54,8 +63,18 @@ class CallOptions:
     transcribe: bool
 
 
+# The codecs this node's audio path sends and plays; the hello advertises them so that the
+# codec can be chosen with protocol.choose_codec once both ends speak more than PCM16.
+LOCAL_CODECS: tuple[str, ...] = ("pcm16",)
+
+
 def new_token() -> str:
     return secrets.token_urlsafe(24)
+
+
+def _left(deadline: float) -> float:
+    """Seconds until ``deadline``, never negative (one deadline covers a whole handshake)."""
+    return max(0.0, deadline - time.monotonic())
 
 
 # What a segment carries besides its place in time, alike in ASR results, wire messages
@@ -97,6 +116,7 @@ class CallSession:
         self.ended_at: float | None = None
         self.end_reason: str | None = None
         self.peer_transcribes = True
+        self.peer_hello: p.Hello | None = None  # what the peer can do (codecs), once connected
         self.link: Link | None = None
         self.ended = Event()
         self._greenlets: list[gevent.Greenlet] = []
@@ -132,8 +152,13 @@ class CallSession:
         self._greenlets.append(g)
         return g
 
-    def _hello(self, token: str) -> p.Hello:
-        return p.Hello(token=token, transcribes=self.transcribing, node=self.node.node_id)
+    def _hello(self) -> p.Hello:
+        return p.Hello(
+            transcribes=self.transcribing,
+            codecs=LOCAL_CODECS,
+            node=self.node.node_id,
+            nonce=handshake.new_nonce(),
+        )
 
     def _accept_loop(self) -> None:
         assert self._listener is not None
@@ -145,17 +170,31 @@ class CallSession:
             gevent.spawn(self._handshake_incoming, sock, f"{addr[0]}:{addr[1]}")
 
     def _handshake_incoming(self, sock: socket, peer: str) -> None:
-        """Check one incoming connection; a wrong caller is turned away and the call
-        keeps listening for the right one."""
-        link = Link(sock, peer)
+        """Check one incoming connection: TLS when configured, then hellos and proofs (see
+        transport/handshake.py), all within the hello timeout. A wrong caller is turned
+        away and the call keeps listening for the right one."""
+        settings = self.node.settings
+        deadline = time.monotonic() + settings.hello_timeout_s
+        conn: Link | socket = sock
+        claimed = False
         try:
-            hello = link.recv(timeout=self.node.settings.hello_timeout_s)
+            if settings.tls_cert is not None and settings.tls_key is not None:
+                tls = server_context(str(settings.tls_cert), str(settings.tls_key))
+                sock = accept_tls(sock, tls, settings.hello_timeout_s)
+            link = conn = Link(sock, peer)
+            hello = link.recv(timeout=_left(deadline))
             if not isinstance(hello, p.Hello):
                 raise p.ProtocolError(f"expected a hello, got {type(hello).__name__}")
             if hello.version != p.PROTOCOL_VERSION:
                 self._turn_away(link, peer, f"unsupported protocol version {hello.version}")
                 return
-            if not secrets.compare_digest(hello.token.encode(), self.token.encode()):
+            mine = self._hello()
+            link.send(mine)
+            auth = link.recv(timeout=_left(deadline))
+            if not isinstance(auth, p.Auth):
+                raise p.ProtocolError(f"expected auth, got {type(auth).__name__}")
+            transcript = handshake.transcript_hash(hello, mine)
+            if not handshake.verify(self.token, handshake.DIALER, transcript, auth.proof):
                 self._turn_away(link, peer, "wrong call token")
                 return
             if self.state != "listening" or self._claimed:
@@ -163,50 +202,79 @@ class CallSession:
                 return
             # Claimed before the reply (which yields), so two right callers arriving
             # together cannot both be connected.
-            self._claimed = True
-            link.send(self._hello(""))
+            self._claimed = claimed = True
+            link.send(p.Auth(proof=handshake.proof(self.token, handshake.LISTENER, transcript)))
         except (p.ProtocolError, LinkClosed, TimeoutError, OSError) as exc:
-            self._turn_away(link, peer, str(exc) or type(exc).__name__, say_bye=False)
-            self._claimed = False
+            self._turn_away(conn, peer, str(exc) or type(exc).__name__, say_bye=False)
+            if claimed:
+                self._claimed = False
             return
         self.peer_address = peer
         if self._listener is not None:
             self._listener.close()
         self._connected(link, hello)
 
-    def _turn_away(self, link: Link, peer: str, why: str, say_bye: bool = True) -> None:
+    def _turn_away(self, conn: Link | socket, peer: str, why: str, say_bye: bool = True) -> None:
         """Count, log and close a connection that may not join; tell it why when the
         connection can still carry a message."""
         self.rejected_connections += 1
         log.warning("call %s: rejected connection from %s: %s", self.id, peer, why)
-        if say_bye:
+        if say_bye and isinstance(conn, Link):
             with contextlib.suppress(LinkClosed):
-                link.send(p.Bye(reason="rejected: " + why))
-        link.close()
+                conn.send(p.Bye(reason="rejected: " + why))
+        conn.close()
 
     def _dial(self, host: str, port: int) -> None:
         settings = self.node.settings
+        tls = None
+        if settings.tls_cert is not None:
+            tls = client_context(None if settings.tls_insecure else str(settings.tls_ca))
         try:
-            link = connect(host, port, settings.connect_timeout_s)
+            link = connect(
+                host, port, settings.connect_timeout_s, tls, tls_timeout=settings.hello_timeout_s
+            )
+        except TlsError as exc:
+            self._fail(f"handshake_failed: {exc}")
+            return
         except OSError as exc:
             self._fail(f"connect_failed: {exc}")
             return
         try:
-            link.send(self._hello(self.token))
-            reply = link.recv(timeout=settings.hello_timeout_s)
+            outcome = self._dialer_handshake(link)
         except (p.ProtocolError, LinkClosed, TimeoutError, OSError) as exc:
+            outcome = f"handshake_failed: {exc or type(exc).__name__}"
+            if isinstance(exc, LinkClosed) and not link.tls and link.stats.bytes_received == 0:
+                outcome += " before answering (a TLS listener? this node dials without TLS)"
+        except BaseException:  # killed by a hang-up while connecting
             link.close()
-            self._fail(f"handshake_failed: {exc}")
+            raise
+        if isinstance(outcome, str):
+            link.close()
+            self._fail(outcome)
             return
+        self._connected(link, outcome)
+
+    def _dialer_handshake(self, link: Link) -> p.Hello | str:
+        """The dialer's half of the handshake: the listener's hello once both sides have
+        proved the call token, or why the call cannot go on."""
+        deadline = time.monotonic() + self.node.settings.hello_timeout_s
+        mine = self._hello()
+        link.send(mine)
+        reply = link.recv(timeout=_left(deadline))
         if isinstance(reply, p.Bye):
-            link.close()
-            self._fail(reply.reason)
-            return
+            return reply.reason
         if not isinstance(reply, p.Hello) or reply.version != p.PROTOCOL_VERSION:
-            link.close()
-            self._fail("handshake_failed: peer did not answer with a compatible hello")
-            return
-        self._connected(link, reply)
+            return "handshake_failed: peer did not answer with a compatible hello"
+        transcript = handshake.transcript_hash(mine, reply)
+        link.send(p.Auth(proof=handshake.proof(self.token, handshake.DIALER, transcript)))
+        answer = link.recv(timeout=_left(deadline))
+        if isinstance(answer, p.Bye):
+            return answer.reason  # "rejected: wrong call token", typically
+        if not isinstance(answer, p.Auth) or not handshake.verify(
+            self.token, handshake.LISTENER, transcript, answer.proof
+        ):
+            return "handshake_failed: listener could not prove the call token"
+        return reply
 
     # -- the connected call -------------------------------------------------------------
 
@@ -215,7 +283,9 @@ class CallSession:
             link.close()
             return
         self.link = link
+        self.peer_hello = hello
         self.peer_transcribes = hello.transcribes
+        link.start_keepalive()
         self.connected_at = time.time()
         self.state = "connected"
         log.info("call %s connected to %s", self.id, link.peer)
@@ -257,8 +327,7 @@ class CallSession:
                     )
                 )
             except LinkClosed:
-                self._spawn(self.end, "peer_lost", False)
-                return
+                return  # the receive loop tells a hang-up (a bye came first) from a loss
             seq += 1
             self._feed("local", frame.pcm)
 
@@ -434,5 +503,12 @@ class CallSession:
                 "in_speech": any(s.in_speech for s in self._segmenters.values()),
                 "input": self.source.stats,
                 "output": self.sink.stats,
+                "link": self._link_stats(),
             },
         }
+
+    def _link_stats(self) -> dict[str, Any] | None:
+        """Keepalive round-trip times and whether the link is encrypted (live only)."""
+        if self.link is None:
+            return None
+        return {"tls": self.link.tls, **self.link.stats.keepalive()}

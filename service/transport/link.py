@@ -1,26 +1,44 @@
-"""One TCP connection to a peer node, carrying protocol messages both ways.
+"""One TCP (optionally TLS) connection to a peer node, carrying protocol messages both ways.
 
 Runs on gevent sockets: a blocked send or receive parks only its greenlet. Sends are
-serialised by a lock because audio, transcripts and the bye come from different greenlets
-and a message must never be interleaved with another on the stream.
+serialised by a lock because audio, transcripts, keepalives and the bye come from different
+greenlets and a message must never be interleaved with another on the stream.
+
+Keepalive lives here, below the session: ``recv`` answers pings and consumes pongs itself,
+so the round-trip time is measured for every link without the call logic knowing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import logging
 import socket
+import ssl
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
+import gevent
 from gevent import socket as gsocket
+from gevent import ssl as gssl
 from gevent.lock import RLock
 
-from service.transport.protocol import Audio, Decoder, Message, ProtocolError, encode
+from service.transport.protocol import (
+    Audio,
+    Decoder,
+    Message,
+    Ping,
+    Pong,
+    ProtocolError,
+    encode,
+)
 
 log = logging.getLogger(__name__)
 RECV_CHUNK = 8192
+MAX_OUTSTANDING_PINGS = 16  # older unanswered pings are forgotten (their pongs ignored)
+RTT_EWMA_WEIGHT = 0.125  # TCP's smoothed-RTT gain (RFC 6298)
 
 
 class LinkClosed(ConnectionError):
@@ -36,6 +54,36 @@ class LinkStats:
     messages_sent: int = 0
     messages_received: int = 0
     opened_at: float = field(default_factory=time.time)
+    pings_sent: int = 0
+    pongs_received: int = 0
+    pings_answered: int = 0
+    rtt_ms_last: float | None = None
+    rtt_ms_min: float | None = None
+    rtt_ms_avg: float | None = None  # exponentially weighted
+    rtt_ms_max: float | None = None
+
+    def add_rtt(self, ms: float) -> None:
+        self.pongs_received += 1
+        self.rtt_ms_last = ms
+        self.rtt_ms_min = ms if self.rtt_ms_min is None else min(self.rtt_ms_min, ms)
+        self.rtt_ms_max = ms if self.rtt_ms_max is None else max(self.rtt_ms_max, ms)
+        avg = self.rtt_ms_avg
+        self.rtt_ms_avg = ms if avg is None else avg + RTT_EWMA_WEIGHT * (ms - avg)
+
+    def keepalive(self) -> dict[str, float | int | None]:
+        """The liveness figures, rounded for people."""
+
+        def r(v: float | None) -> float | None:
+            return None if v is None else round(v, 3)
+
+        return {
+            "pings_sent": self.pings_sent,
+            "pongs_received": self.pongs_received,
+            "rtt_ms_last": r(self.rtt_ms_last),
+            "rtt_ms_min": r(self.rtt_ms_min),
+            "rtt_ms_avg": r(self.rtt_ms_avg),
+            "rtt_ms_max": r(self.rtt_ms_max),
+        }
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -63,10 +111,91 @@ def tune(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
 
-def connect(host: str, port: int, timeout: float) -> Link:
+# -- TLS ----------------------------------------------------------------------------------
+# gevent's ssl module, named explicitly, so that TLS is cooperative whether or not the
+# process is monkey-patched (the node is; the in-process tests are not). Contexts are
+# built once per file set: the files were already checked by load_settings.
+
+
+@functools.lru_cache(maxsize=4)
+def server_context(cert: str, key: str) -> ssl.SSLContext:
+    ctx = gssl.SSLContext(gssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+@functools.lru_cache(maxsize=4)
+def client_context(ca: str | None) -> ssl.SSLContext:
+    """Verifies the listener's certificate and host name against ``ca``; with no CA,
+    verifies nothing (IM_TLS_INSECURE: encryption against eavesdroppers only, for tests)."""
+    ctx = gssl.SSLContext(gssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if ca is None:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    else:
+        ctx.load_verify_locations(ca)
+    return ctx
+
+
+def _tls_handshake(sock: socket.socket, timeout: float, peer_role: str) -> None:
+    """Complete the handshake within ``timeout`` or raise TlsError saying why; closes
+    ``sock`` on failure."""
+    sock.settimeout(max(timeout, 0.001))
+    try:
+        sock.do_handshake()  # type: ignore[attr-defined]
+    except ssl.SSLCertVerificationError as exc:
+        sock.close()
+        raise TlsError(f"TLS certificate rejected: {exc.verify_message or exc}") from None
+    except (OSError, ValueError) as exc:
+        sock.close()
+        why = str(exc) or type(exc).__name__
+        if "timed out" not in why:
+            why += f" (is the {peer_role} using TLS?)"
+        raise TlsError(f"TLS handshake failed: {why}") from None
+    sock.settimeout(None)
+
+
+class TlsError(ConnectionError):
+    """The TLS handshake failed: a plain-TCP peer, a certificate that does not verify, or
+    a peer that did not finish in time. The message says which."""
+
+
+def connect(
+    host: str,
+    port: int,
+    timeout: float,
+    tls: ssl.SSLContext | None = None,
+    tls_timeout: float | None = None,
+) -> Link:
+    """Dial; with ``tls``, also complete the TLS handshake within ``tls_timeout`` (default
+    ``timeout``), verifying the listener's certificate for ``host``."""
     sock = gsocket.create_connection((host, port), timeout=timeout)
+    if tls is not None:
+        try:
+            sock = tls.wrap_socket(
+                sock,
+                server_hostname=host if tls.check_hostname else None,
+                do_handshake_on_connect=False,
+            )
+        except BaseException:
+            sock.close()
+            raise
+        _tls_handshake(sock, timeout if tls_timeout is None else tls_timeout, "listener")
     sock.settimeout(None)
     return Link(sock, format_address(host, port))
+
+
+def accept_tls(sock: socket.socket, tls: ssl.SSLContext, timeout: float) -> socket.socket:
+    """Server side of the TLS handshake on an accepted connection (closed on failure)."""
+    try:
+        wrapped = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+    except BaseException:
+        sock.close()
+        raise
+    _tls_handshake(wrapped, timeout, "caller")
+    return wrapped
 
 
 class Link:
@@ -78,44 +207,71 @@ class Link:
         self._decoder = Decoder()
         self._inbox: deque[Message] = deque()
         self._send_lock = RLock()
+        self._ping_ids = itertools.count(1)
+        self._pings: OrderedDict[int, int] = OrderedDict()  # id -> monotonic ns when sent
+        self._keepalive: gevent.Greenlet | None = None
+        self._send_error = ""
         self.closed = False
+
+    @property
+    def tls(self) -> bool:
+        return isinstance(self.sock, ssl.SSLSocket | gssl.SSLSocket)
 
     def send(self, message: Message) -> None:
         data = encode(message)
         with self._send_lock:
-            if self.closed:
-                raise LinkClosed("link is closed")
+            if self.closed or self._send_error:
+                raise LinkClosed(self._send_error or "link is closed")
             try:
                 self.sock.sendall(data)
             except OSError as exc:
-                self.closed = True
-                raise LinkClosed(str(exc)) from exc
+                # Only the sending half is known broken: what the peer sent before it went
+                # (its bye, above all) is still to be read, so reading goes on until the
+                # socket itself reports the end.
+                self._send_error = str(exc) or type(exc).__name__
+                raise LinkClosed(self._send_error) from exc
         self.stats.bytes_sent += len(data)
         self.stats.messages_sent += 1
         if isinstance(message, Audio):
             self.stats.frames_sent += 1
 
     def recv(self, timeout: float | None = None) -> Message:
-        """Next message. Raises LinkClosed, ProtocolError, or TimeoutError."""
+        """Next message other than a ping or pong (those are handled here). Raises
+        LinkClosed, ProtocolError, or TimeoutError when no such message came in time."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            message = self._next(deadline)
+            if isinstance(message, Ping):
+                self.stats.pings_answered += 1
+                with contextlib.suppress(LinkClosed):  # the next read reports it
+                    self.send(Pong(id=message.id, sent_us=message.sent_us))
+            elif isinstance(message, Pong):
+                sent_ns = self._pings.pop(message.id, None)
+                if sent_ns is not None:  # unknown or forgotten ids are ignored
+                    self.stats.add_rtt((time.monotonic_ns() - sent_ns) / 1e6)
+            else:
+                self.stats.messages_received += 1
+                if isinstance(message, Audio):
+                    self.stats.frames_received += 1
+                return message
+
+    def _next(self, deadline: float | None) -> Message:
         while not self._inbox:
             if self.closed:
                 raise LinkClosed("link is closed")
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError("no message from peer in time")
-                self.sock.settimeout(remaining)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError("no message from peer in time")
+            # A gevent timeout rather than a socket timeout: the same for plain and TLS
+            # sockets (an SSL read timeout would surface as an SSLError).
             try:
-                data = self.sock.recv(RECV_CHUNK)
+                with gevent.Timeout(remaining, TimeoutError("no message from peer in time")):
+                    data = self.sock.recv(RECV_CHUNK)
             except TimeoutError:
                 raise
             except OSError as exc:
                 self.closed = True
-                raise LinkClosed(str(exc)) from exc
-            finally:
-                if deadline is not None and not self.closed:
-                    self.sock.settimeout(None)
+                raise LinkClosed(str(exc) or type(exc).__name__) from exc
             if not data:
                 self.closed = True
                 raise LinkClosed("peer closed the connection")
@@ -125,14 +281,33 @@ class Link:
             except ProtocolError:
                 self.close()
                 raise
-        message = self._inbox.popleft()
-        self.stats.messages_received += 1
-        if isinstance(message, Audio):
-            self.stats.frames_received += 1
-        return message
+        return self._inbox.popleft()
+
+    def start_keepalive(self, interval_s: float = 1.0) -> None:
+        """Ping the peer every ``interval_s`` for as long as the link is open; the pongs
+        come back through ``recv``, which somebody must be calling."""
+        if self._keepalive is None and not self.closed:
+            self._keepalive = gevent.spawn(self._ping_loop, interval_s)
+
+    def _ping_loop(self, interval_s: float) -> None:
+        while not self.closed and not self._send_error:
+            ping_id = next(self._ping_ids) & 0xFFFFFFFF
+            now_ns = time.monotonic_ns()
+            self._pings[ping_id] = now_ns
+            while len(self._pings) > MAX_OUTSTANDING_PINGS:
+                self._pings.popitem(last=False)
+            try:
+                self.send(Ping(id=ping_id, sent_us=now_ns // 1000))
+            except LinkClosed:
+                return
+            self.stats.pings_sent += 1
+            gevent.sleep(interval_s)
 
     def close(self) -> None:
         self.closed = True
-        with contextlib.suppress(OSError):
+        keepalive = self._keepalive
+        if keepalive is not None and keepalive is not gevent.getcurrent():
+            keepalive.kill(block=False)
+        with contextlib.suppress(OSError, ValueError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()

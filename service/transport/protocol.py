@@ -5,9 +5,18 @@ the parser can be fuzzed.
 
 Framing: ``u8 type | u32 big-endian body length | body``. The length is checked against a
 hard cap *before* any body byte is buffered, so a hostile peer cannot make us allocate more
-than ``MAX_BODY`` per connection. Control messages (hello, transcript, bye) carry JSON
-objects validated field by field; audio carries a fixed binary header and the codec
-payload. Nothing is ever unpickled or evaluated.
+than ``MAX_BODY`` per connection. Control messages (hello, auth, transcript, bye) carry JSON
+objects validated field by field; audio and keepalive carry fixed binary headers. Nothing is
+ever unpickled or evaluated.
+
+Version 2 handshake (the call token never crosses the wire; see ``handshake.py``)::
+
+    dialer   -> HELLO {nonce_d, codecs, ...}
+    listener -> HELLO {nonce_l, codecs, ...}
+    dialer   -> AUTH  {proof = HMAC(token, "dialer"   || H)}
+    listener -> AUTH  {proof = HMAC(token, "listener" || H)}    (or BYE "rejected: ...")
+
+where H hashes both hello bodies exactly as sent.
 """
 
 from __future__ import annotations
@@ -20,13 +29,19 @@ from enum import IntEnum
 from typing import Any
 
 PROTOCOL_NAME = "intellimeet-call"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 HEADER = struct.Struct(">BI")
 MAX_BODY = 16 * 1024  # a 20 ms PCM16 frame is 652 bytes; a transcript a few hundred
 AUDIO_HEADER = struct.Struct(">BIQ")  # codec, sequence number, capture time (µs since epoch)
 PCM16_FRAME_BYTES = 640  # 20 ms of 16 kHz mono 16-bit: the only PCM frame size on the wire
 MAX_TEXT = 4000  # characters of one transcript segment
 MAX_REASON = 200
+OPUS_MAX_PACKET = 1275  # RFC 6716 §3.2.1: the largest Opus packet for one frame
+NONCE_HEX = 64  # 32 random bytes, hex
+PROOF_HEX = 64  # an HMAC-SHA256, hex
+KEEPALIVE = struct.Struct(">IQ")  # ping id, sender's clock (µs) echoed back in the pong
+# Codecs in order of preference: the first one both sides list is used.
+CODEC_PREFERENCE = ("opus", "pcm16")
 
 
 class ProtocolError(ValueError):
@@ -38,25 +53,55 @@ class MessageType(IntEnum):
     AUDIO = 2
     TRANSCRIPT = 3
     BYE = 4
+    AUTH = 5
+    PING = 6
+    PONG = 7
 
 
 class Codec(IntEnum):
     PCM16 = 0
+    OPUS = 1
 
 
-CODEC_NAMES = {Codec.PCM16: "pcm16"}
+CODEC_NAMES = {Codec.PCM16: "pcm16", Codec.OPUS: "opus"}
+_TLS_RECORD_HANDSHAKE = 0x16  # first byte of a TLS ClientHello
 
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """First message each way. The dialer's carries the call token; the listener answers
-    with its own hello (token empty) once the token checked out."""
+    """First message each way: what this node is and can do, plus a fresh nonce that makes
+    the handshake's proofs unique to this connection. Carries no secret.
 
-    token: str
+    ``raw`` is the body exactly as it came off the wire (empty for a hello made locally),
+    because the proofs hash what was sent, not a re-encoding of it."""
+
     transcribes: bool
     codecs: tuple[str, ...] = ("pcm16",)
     node: str = ""
+    nonce: str = ""
     version: int = PROTOCOL_VERSION
+    raw: bytes = field(default=b"", compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """Proof of the call token, bound to this connection's hellos (hex HMAC-SHA256)."""
+
+    proof: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    id: int
+    sent_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """Echo of a ping's id and time, so the pinger measures the round trip on its clock."""
+
+    id: int
+    sent_us: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +131,21 @@ class Bye:
     reason: str
 
 
-Message = Hello | Audio | Transcript | Bye
+Message = Hello | Audio | Transcript | Bye | Auth | Ping | Pong
+
+
+def choose_codec(mine: tuple[str, ...] | list[str], theirs: tuple[str, ...] | list[str]) -> str:
+    """The codec a call uses: the most preferred one both sides list; PCM16, which every
+    node speaks, otherwise."""
+    for name in CODEC_PREFERENCE:
+        if name in mine and name in theirs:
+            return name
+    return "pcm16"
+
+
+def hello_body(hello: Hello) -> bytes:
+    """The body of ``hello`` exactly as it was (or will be) on the wire."""
+    return hello.raw or encode(hello)[HEADER.size :]
 
 
 def encode(message: Message) -> bytes:
@@ -94,18 +153,24 @@ def encode(message: Message) -> bytes:
         kind = MessageType.AUDIO
         body = AUDIO_HEADER.pack(message.codec, message.seq, message.capture_time_us)
         body += message.payload
+    elif isinstance(message, Ping | Pong):
+        kind = MessageType.PING if isinstance(message, Ping) else MessageType.PONG
+        body = KEEPALIVE.pack(message.id, message.sent_us)
     elif isinstance(message, Hello):
         kind = MessageType.HELLO
         body = _json(
             {
                 "protocol": PROTOCOL_NAME,
                 "version": message.version,
-                "token": message.token,
+                "node": message.node,
                 "transcribes": message.transcribes,
                 "codecs": list(message.codecs),
-                "node": message.node,
+                "nonce": message.nonce,
             }
         )
+    elif isinstance(message, Auth):
+        kind = MessageType.AUTH
+        body = _json({"proof": message.proof})
     elif isinstance(message, Transcript):
         kind = MessageType.TRANSCRIPT
         body = _json({f: getattr(message, f) for f in Transcript.__slots__})
@@ -128,15 +193,28 @@ def decode(kind: int, body: bytes) -> Message:
     try:
         kind = MessageType(kind)
     except ValueError:
-        raise ProtocolError(f"unknown message type {kind}") from None
+        raise ProtocolError(_unknown_type(kind)) from None
     if kind is MessageType.AUDIO:
         return _decode_audio(body)
+    if kind in (MessageType.PING, MessageType.PONG):
+        if len(body) != KEEPALIVE.size:
+            raise ProtocolError(f"{kind.name} body must be {KEEPALIVE.size} bytes, got {len(body)}")
+        ping_id, sent_us = KEEPALIVE.unpack(body)
+        return (Ping if kind is MessageType.PING else Pong)(id=ping_id, sent_us=sent_us)
     obj = _parse_object(body, kind)
     if kind is MessageType.HELLO:
-        return _decode_hello(obj)
+        return _decode_hello(obj, body)
+    if kind is MessageType.AUTH:
+        return Auth(proof=_hex(obj, "proof", PROOF_HEX))
     if kind is MessageType.TRANSCRIPT:
         return _decode_transcript(obj)
     return Bye(reason=_str(obj, "reason", MAX_REASON))
+
+
+def _unknown_type(kind: int) -> str:
+    if kind == _TLS_RECORD_HANDSHAKE:
+        return f"unknown message type {kind} (a TLS handshake? this side is not using TLS)"
+    return f"unknown message type {kind}"
 
 
 def _decode_audio(body: bytes) -> Audio:
@@ -152,13 +230,15 @@ def _decode_audio(body: bytes) -> Audio:
         raise ProtocolError(
             f"PCM16 frame must carry {PCM16_FRAME_BYTES} bytes (20 ms), got {len(payload)}"
         )
+    if codec is Codec.OPUS and not 1 <= len(payload) <= OPUS_MAX_PACKET:
+        raise ProtocolError(f"Opus packet must carry 1-{OPUS_MAX_PACKET} bytes, got {len(payload)}")
     return Audio(seq=seq, capture_time_us=capture_us, payload=bytes(payload), codec=codec)
 
 
 def _parse_object(body: bytes, kind: MessageType) -> dict[str, Any]:
     try:
         obj = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # nesting past the limit
         raise ProtocolError(f"{kind.name} body is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"{kind.name} body must be a JSON object")
@@ -169,7 +249,7 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
-def _decode_hello(obj: dict[str, Any]) -> Hello:
+def _decode_hello(obj: dict[str, Any], body: bytes) -> Hello:
     if obj.get("protocol") != PROTOCOL_NAME:
         raise ProtocolError(f"not an {PROTOCOL_NAME} hello")
     version = obj.get("version")
@@ -179,18 +259,24 @@ def _decode_hello(obj: dict[str, Any]) -> Hello:
     if (
         not isinstance(codecs, list)
         or len(codecs) > 8
-        or not all(isinstance(c, str) and len(c) <= 16 for c in codecs)
+        or not all(isinstance(c, str) and len(c) <= 16 and _is_text(c) for c in codecs)
     ):
         raise ProtocolError("hello.codecs must be a short list of codec names")
     transcribes = obj.get("transcribes")
     if not isinstance(transcribes, bool):
         raise ProtocolError("hello.transcribes must be a boolean")
+    # A hello of another version is still parsed (without a nonce) so that the peer can
+    # be told which version it speaks; the session refuses it.
+    nonce = obj.get("nonce", "")
+    if version == PROTOCOL_VERSION or nonce != "":
+        nonce = _hex(obj, "nonce", NONCE_HEX)
     return Hello(
-        token=_str(obj, "token", 256),
         transcribes=transcribes,
         codecs=tuple(codecs),
         node=_str(obj, "node", 256, required=False) or "",
+        nonce=nonce,
         version=version,
+        raw=body,
     )
 
 
@@ -218,8 +304,25 @@ def _str(obj: dict[str, Any], key: str, limit: int, required: bool = True) -> st
     value = obj.get(key)
     if value is None and not required:
         return None
-    if not isinstance(value, str) or len(value) > limit:
+    if not isinstance(value, str) or len(value) > limit or not _is_text(value):
         raise ProtocolError(f"{key} must be a string of at most {limit} characters")
+    return value
+
+
+def _is_text(value: str) -> bool:
+    """False for a string holding a lone surrogate (JSON allows "\\ud800"): it cannot be
+    encoded again, so it would fail later, in the store or a reply, instead of here."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _hex(obj: dict[str, Any], key: str, length: int) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or len(value) != length or value.strip("0123456789abcdef") != "":
+        raise ProtocolError(f"{key} must be {length} lowercase hex digits")
     return value
 
 
@@ -227,9 +330,15 @@ def _num(obj: dict[str, Any], key: str) -> float | None:
     value = obj.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise ProtocolError(f"{key} must be a finite number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past the float range
+        number = math.inf
+    if not math.isfinite(number):
+        raise ProtocolError(f"{key} must be a finite number")
+    return number
 
 
 @dataclass
@@ -248,10 +357,12 @@ class Decoder:
         out: list[Message] = []
         while len(self._buf) >= HEADER.size:
             kind, length = HEADER.unpack_from(self._buf)
+            # The type first: a TLS ClientHello read as our header also has a huge length,
+            # and "this is TLS" is the more useful thing to say.
+            if kind not in MessageType._value2member_map_:
+                raise ProtocolError(_unknown_type(kind))
             if length > self.max_body:
                 raise ProtocolError(f"message of {length} bytes exceeds the {self.max_body} cap")
-            if kind not in MessageType._value2member_map_:
-                raise ProtocolError(f"unknown message type {kind}")
             end = HEADER.size + length
             if len(self._buf) < end:
                 break

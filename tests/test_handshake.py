@@ -1,0 +1,285 @@
+"""Call authentication: the token is proven, never sent; wrong, missing, replayed and forged
+handshakes never connect; keepalive measures the round trip. Real sockets on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+
+import gevent
+import pytest
+from gevent import socket as gsocket
+from wire import Reader, dial, dial_handshake, listen, make_node, wait_state, wait_until
+
+from service.api import create_app
+from service.transport import handshake
+from service.transport import protocol as p
+
+NONCE_A, NONCE_B = "a" * 64, "b" * 64
+
+
+# -- the pure part ----------------------------------------------------------------------
+
+
+def hellos(**dialer_fields):
+    d = p.Hello(transcribes=True, codecs=("opus", "pcm16"), nonce=NONCE_A, **dialer_fields)
+    return d, p.Hello(transcribes=True, codecs=("opus", "pcm16"), nonce=NONCE_B)
+
+
+def test_proofs_check_out_only_with_the_same_token_role_and_hellos():
+    d, lst = hellos()
+    h = handshake.transcript_hash(d, lst)
+    good = handshake.proof("tok", handshake.DIALER, h)
+    assert handshake.verify("tok", handshake.DIALER, h, good)
+    assert not handshake.verify("other", handshake.DIALER, h, good)
+    assert not handshake.verify("", handshake.DIALER, h, good)
+    assert not handshake.verify("tok", handshake.LISTENER, h, good)  # no reflection
+    # Another nonce, another codec list, or the hellos swapped: another transcript.
+    for other in (
+        handshake.transcript_hash(p.Hello(transcribes=True, codecs=("opus", "pcm16")), lst),
+        handshake.transcript_hash(hellos(node="x")[0], lst),
+        handshake.transcript_hash(p.Hello(transcribes=True, codecs=("pcm16",), nonce=NONCE_A), lst),
+        handshake.transcript_hash(lst, d),
+    ):
+        assert other != h
+        assert not handshake.verify("tok", handshake.DIALER, other, good)
+
+
+def test_nonces_are_fresh_and_the_right_size():
+    nonces = {handshake.new_nonce() for _ in range(100)}
+    assert len(nonces) == 100
+    assert all(len(n) == p.NONCE_HEX and int(n, 16) >= 0 for n in nonces)
+
+
+# -- over real sockets ------------------------------------------------------------------
+
+
+@pytest.fixture
+def nodes(tmp_path):
+    a, b = make_node(tmp_path, "a"), make_node(tmp_path, "b")
+    yield a, b
+    b.close()
+    a.close()
+
+
+def test_right_token_connects_and_keepalive_measures_the_round_trip(nodes):
+    a, b = nodes
+    listening = listen(a)
+    dialing = dial(b, listening.local_address, listening.token)
+    wait_state(dialing, {"connected"})
+    wait_state(listening, {"connected"})
+    assert dialing.peer_hello is not None and listening.peer_hello is not None
+    assert dialing.peer_hello.nonce != listening.peer_hello.nonce
+    assert p.choose_codec(dialing.peer_hello.codecs, listening.peer_hello.codecs) == "pcm16"
+    wait_until(
+        lambda: dialing.link.stats.pongs_received >= 1 and listening.link.stats.pongs_received >= 1,
+        what="a pong each way",
+    )
+    snap = create_app(b).test_client().get(f"/sessions/{dialing.id}").get_json()
+    link = snap["stats"]["link"]
+    assert link["tls"] is False
+    assert link["pings_sent"] >= 1 and link["pongs_received"] >= 1
+    assert 0 < link["rtt_ms_min"] <= link["rtt_ms_avg"] <= link["rtt_ms_max"] < 1000
+    assert snap["stats"]["frames_received"] > 0  # pings did not get in the way of audio
+    b.registry.get(dialing.id).end()
+    assert wait_state(listening, {"ended"}).end_reason == "peer_hangup"
+
+
+def test_wrong_token_never_connects_and_the_call_keeps_listening(nodes):
+    a, b = nodes
+    listening = listen(a)
+    wrong = dial(b, listening.local_address, "not-the-token")
+    assert wait_state(wrong, {"failed"}).end_reason == "rejected: wrong call token"
+    assert listening.state == "listening" and listening.rejected_connections == 1
+    right = dial(b, listening.local_address, listening.token)
+    wait_state(right, {"connected"})
+    right.end()
+
+
+def test_a_missing_token_never_connects(nodes):
+    a, _ = nodes
+    listening = listen(a)
+    host, port = listening.local_address.rsplit(":", 1)
+    # An empty token's proof is refused like any other wrong one.
+    with gsocket.create_connection((host, int(port)), timeout=5) as s:
+        answer, _ = dial_handshake(s, "")
+        assert isinstance(answer, p.Bye) and answer.reason == "rejected: wrong call token"
+    # A hello and then no proof at all: closed at the hello deadline (1 s here).
+    with gsocket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(p.encode(p.Hello(transcribes=False, nonce=handshake.new_nonce())))
+        reader = Reader(s)
+        assert isinstance(reader.next(), p.Hello)
+        t0 = time.monotonic()
+        assert reader.next() is None
+        assert time.monotonic() - t0 < 2.5
+    # Skipping the hello: a protocol error.
+    with gsocket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(p.encode(p.Auth(proof="0" * 64)))
+        assert Reader(s).next() is None
+    # An old (version 1) dialer that sends its token in the hello is told why.
+    with gsocket.create_connection((host, int(port)), timeout=5) as s:
+        body = json.dumps(
+            {
+                "protocol": p.PROTOCOL_NAME,
+                "version": 1,
+                "token": listening.token,
+                "transcribes": False,
+            }
+        ).encode()
+        s.sendall(p.HEADER.pack(p.MessageType.HELLO, len(body)) + body)
+        answer = Reader(s).next()
+        assert isinstance(answer, p.Bye) and "unsupported protocol version 1" in answer.reason
+    wait_until(lambda: listening.rejected_connections == 4, what="four rejections")
+    assert listening.state == "listening"
+
+
+class Proxy:
+    """A man in the middle on loopback: forwards one connection both ways, records what
+    the dialer sent, and may rewrite the dialer's first message."""
+
+    def __init__(self, upstream: str, rewrite_first=None) -> None:
+        self.upstream = upstream
+        self.rewrite_first = rewrite_first
+        self.sent_by_dialer = bytearray()
+        self.server = gsocket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(1)
+        self.address = f"127.0.0.1:{self.server.getsockname()[1]}"
+        self.greenlet = gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        client, _ = self.server.accept()
+        host, port = self.upstream.rsplit(":", 1)
+        upstream = gsocket.create_connection((host, int(port)))
+        pumps = [
+            gevent.spawn(self._pump, client, upstream, True),
+            gevent.spawn(self._pump, upstream, client, False),
+        ]
+        gevent.joinall(pumps, raise_error=False)
+        client.close()
+        upstream.close()
+
+    def _pump(self, src, dst, from_dialer: bool) -> None:
+        first = from_dialer and self.rewrite_first is not None
+        decoder = p.Decoder()
+        try:
+            while data := src.recv(65536):
+                if from_dialer:
+                    self.sent_by_dialer += data
+                if first:  # hold bytes until the whole first message is in
+                    messages = decoder.feed(data)
+                    if not messages:
+                        continue
+                    data = p.encode(self.rewrite_first(messages[0]))
+                    first = False
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(gsocket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.greenlet.kill()
+        self.server.close()
+
+
+def test_a_replayed_handshake_never_connects(nodes):
+    a, b = nodes
+    first = listen(a)
+    proxy = Proxy(first.local_address)
+    call = dial(b, proxy.address, first.token)
+    wait_state(call, {"connected"})
+    gevent.sleep(0.2)  # some audio and pings go by too
+    call.end()
+    wait_state(first, {"ended"})
+    proxy.close()
+    recorded = bytes(proxy.sent_by_dialer)
+    assert first.token.encode() not in recorded  # the token itself never crossed the wire
+
+    # The same call token on a new listener (as if the attacker waited for a re-listen):
+    # the recorded proof was for the old listener's nonce, so it is refused.
+    second = listen(a)
+    second.token = first.token
+    host, port = second.local_address.rsplit(":", 1)
+    with gsocket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(recorded)
+        reader = Reader(s)
+        assert isinstance(reader.next(), p.Hello)
+        answer = reader.next()
+    assert isinstance(answer, p.Bye) and answer.reason == "rejected: wrong call token"
+    assert second.state == "listening" and second.rejected_connections == 1
+    second.end()
+
+
+def test_a_codec_downgrade_in_the_middle_breaks_the_proofs(nodes):
+    a, b = nodes
+    listening = listen(a)
+
+    def downgrade(hello: p.Hello) -> p.Hello:
+        return p.Hello(
+            transcribes=hello.transcribes,
+            codecs=("pcm16", "x-weak"),
+            node=hello.node,
+            nonce=hello.nonce,
+        )
+
+    proxy = Proxy(listening.local_address, rewrite_first=downgrade)
+    call = dial(b, proxy.address, listening.token)
+    assert wait_state(call, {"failed"}).end_reason == "rejected: wrong call token"
+    assert listening.state == "listening" and listening.rejected_connections == 1
+    proxy.close()
+
+
+@pytest.mark.parametrize("forgery", ["wrong-token", "reflected", "garbage-type"])
+def test_a_listener_that_cannot_prove_the_token_is_detected(nodes, forgery):
+    """Someone listening at the dialed address without the token (a stolen address, a
+    spoofed host) cannot complete the handshake, so the dialer never sends it audio."""
+    _, b = nodes
+    server = gsocket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    got_audio = []
+
+    def impostor() -> None:
+        conn, _ = server.accept()
+        reader = Reader(conn)
+        theirs = reader.next()
+        mine = p.Hello(transcribes=True, nonce=handshake.new_nonce())
+        conn.sendall(p.encode(mine))
+        auth = reader.next()
+        h = handshake.transcript_hash(theirs, mine)
+        if forgery == "wrong-token":
+            reply = p.Auth(proof=handshake.proof("guess", handshake.LISTENER, h))
+        elif forgery == "reflected":
+            reply = p.Auth(proof=auth.proof)
+        else:
+            reply = p.Hello(transcribes=True, nonce=handshake.new_nonce())
+        conn.sendall(p.encode(reply))
+        conn.settimeout(1.5)
+        try:
+            while (m := reader.next()) is not None:
+                got_audio.append(isinstance(m, p.Audio))
+        except OSError:
+            pass
+        conn.close()
+
+    g = gevent.spawn(impostor)
+    call = dial(b, f"127.0.0.1:{server.getsockname()[1]}", "the-real-token")
+    failed = wait_state(call, {"failed"})
+    assert failed.end_reason == "handshake_failed: listener could not prove the call token"
+    g.join(timeout=3)
+    server.close()
+    assert not any(got_audio)
+
+
+def test_two_right_callers_at_once_only_one_connects(nodes):
+    a, b = nodes
+    listening = listen(a)
+    calls = [dial(b, listening.local_address, listening.token) for _ in range(2)]
+    wait_until(lambda: all(c.state in ("connected", "failed") for c in calls), what="settled")
+    assert sorted(c.state for c in calls) == ["connected", "failed"]
+    for c in calls:
+        c.end()
