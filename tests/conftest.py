@@ -1,12 +1,32 @@
-"""Shared fixtures: the speech evaluation set lives outside the repo (shared/data/speech)."""
+"""Shared fixtures: the speech evaluation set lives outside the repo (shared/data/speech),
+and the databases the store and API tests run on.
+
+``database_url`` runs a test twice: on a fresh SQLite file, and on a fresh database of a real
+PostgreSQL server. The server is ``IM_TEST_POSTGRES_URL`` (a superuser URL, e.g. from
+``eval "$(scripts/postgres start DIR)"``) or else a throwaway one this session starts with
+scripts/postgres when PostgreSQL is installed. Without one the PostgreSQL runs are skipped;
+``IM_REQUIRE_POSTGRES=1`` (CI) turns that skip into a failure.
+"""
 
 from __future__ import annotations
 
 import csv
+import glob
 import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+POSTGRES_SCRIPT = ROOT / "scripts" / "postgres"
+# Every test database gets a zone far from UTC, so that a timestamp read back in the server's
+# zone instead of UTC shows up as a failure instead of passing by luck on a UTC machine.
+TEST_DB_TIMEZONE = "America/St_Johns"
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +61,82 @@ def model_dir() -> Path:
     cache = Path(__file__).resolve().parents[1] / "data" / "models"
     checkpoint_path("tiny.en", cache)
     return cache
+
+
+# --- databases --------------------------------------------------------------------------------
+
+
+def _postgres_installed() -> bool:
+    return bool(shutil.which("pg_ctl") or glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A superuser URL of a running PostgreSQL server (its maintenance database)."""
+    url = os.environ.get("IM_TEST_POSTGRES_URL")
+    if url:
+        yield url  # whoever started it stops it
+        return
+    if not _postgres_installed():
+        message = (
+            "PostgreSQL is not installed and IM_TEST_POSTGRES_URL is not set "
+            "(apt-get install postgresql, or scripts/setup)"
+        )
+        if os.environ.get("IM_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"IM_REQUIRE_POSTGRES=1 but {message}", pytrace=False)
+        pytest.skip(message)
+    # Under /tmp, not pytest's tmp dir: as root the server runs as `postgres`, which must be
+    # able to reach the directory, and the socket path must stay short.
+    directory = tempfile.mkdtemp(prefix="intellimeet-pg-", dir="/tmp")
+    proc = subprocess.run(
+        [str(POSTGRES_SCRIPT), "start", directory], capture_output=True, text=True, timeout=120
+    )
+    try:
+        if proc.returncode != 0:
+            pytest.fail(f"scripts/postgres start failed:\n{proc.stderr}", pytrace=False)
+        yield proc.stdout.strip().split("=", 1)[1].strip("'")
+    finally:
+        subprocess.run([str(POSTGRES_SCRIPT), "stop", directory], timeout=120, check=False)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_admin(postgres_server: str) -> Iterator[object]:
+    """One autocommit engine on the server's maintenance database, for CREATE/DROP DATABASE."""
+    from sqlalchemy import create_engine, text
+
+    from service.store.db import parse_url
+
+    engine = create_engine(parse_url(postgres_server), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+    except Exception as exc:
+        shown = engine.url.render_as_string(hide_password=True)
+        pytest.fail(f"cannot reach PostgreSQL at {shown}: {exc}", pytrace=False)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_admin) -> Iterator[str]:
+    """A fresh, empty database for one test, dropped afterwards (with any open sessions)."""
+    from service.store.db import parse_url
+
+    name = f"im_test_{uuid.uuid4().hex[:16]}"
+    with postgres_admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        conn.exec_driver_sql(f"ALTER DATABASE \"{name}\" SET timezone TO '{TEST_DB_TIMEZONE}'")
+    try:
+        yield parse_url(postgres_admin.url.set(database=name)).render_as_string(hide_password=False)
+    finally:
+        with postgres_admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store URL of an empty database: an SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'db' / 'calls.db'}"
+    return request.getfixturevalue("postgres_url")

@@ -18,10 +18,11 @@ from service.store.db import SegmentIn
 
 
 @pytest.fixture
-def node(tmp_path):
+def node(tmp_path, database_url):
     settings = load_settings(
         {
             "IM_DATA_DIR": str(tmp_path),
+            "IM_DATABASE_URL": database_url,  # each test twice: SQLite, then PostgreSQL
             "IM_CALL_HOST": "127.0.0.1",
             "IM_ADVERTISE_HOST": "127.0.0.1",
         }

@@ -1,8 +1,12 @@
 """Opening the database, bringing its schema up to date, and every query the node makes.
 
-The URL decides the database. For SQLite the node turns on WAL (readers never block the
-writer, and a killed process loses no committed transaction), foreign keys (off by default
-in SQLite) and synchronous=FULL so a commit is on disk before the segment is reported.
+The URL decides the database: SQLite (a file next to the node, the default) or PostgreSQL
+through psycopg 3 (a server that many nodes can share, one database per node). For SQLite
+the node turns on WAL (readers never block the writer, and a killed process loses no
+committed transaction), foreign keys (off by default in SQLite) and synchronous=FULL so a
+commit is on disk before the segment is reported; PostgreSQL does all of that by default.
+Under gevent, psycopg sees the monkey-patched `select` and waits on its socket cooperatively,
+so a query never blocks the hub.
 """
 
 from __future__ import annotations
@@ -13,14 +17,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import create_engine, event, select
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from .models import Call, Segment
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
@@ -30,15 +38,42 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///") :])
-        if path.parent and str(path) != ":memory:":
-            path.parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+# Backends the models and migrations are written and tested for, with the driver each uses.
+DRIVERS = {"sqlite": "pysqlite", "postgresql": "psycopg"}
+# "INSERT ... ON CONFLICT DO NOTHING" exists in both, spelled by each dialect's own insert().
+_INSERT = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}
+
+
+def parse_url(url: str | URL) -> URL:
+    """Parse and check a store URL; a bare `postgresql://` means psycopg 3, the driver we ship.
+
+    Anything else is refused here, with the URL's password hidden, rather than failing later
+    inside a migration written for the two backends we test.
+    """
+    u = make_url(url)
+    backend, driver = u.get_backend_name(), u.get_driver_name()
+    if backend not in DRIVERS:
+        raise ValueError(
+            f"unsupported database {u.render_as_string(hide_password=True)!r}: "
+            "use sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB"
+        )
+    if "+" not in u.drivername:
+        u = u.set(drivername=f"{backend}+{DRIVERS[backend]}")
+    elif driver != DRIVERS[backend]:
+        raise ValueError(f"unsupported driver {u.drivername!r}: use {backend}+{DRIVERS[backend]}")
+    return u
+
+
+def make_engine(url: str | URL) -> Engine:
+    u = parse_url(url)
+    if u.get_backend_name() == "sqlite":
+        if u.database and u.database != ":memory:":
+            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(u, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # pre_ping: a node outlives server restarts and idle-connection reapers.
+    return create_engine(u, pool_pre_ping=True)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -49,19 +84,26 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def upgrade(url: str) -> None:
-    """Run Alembic to head; the node does this at every start so a fresh or older database
-    is always usable without a separate migration step."""
-    from alembic import command
+def alembic_config(url: str | URL) -> Config:
+    """Alembic's configuration for this store, built in code so the node needs no alembic.ini."""
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    rendered = parse_url(url).render_as_string(hide_password=False)
+    cfg.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
     cfg.attributes["configure_logger"] = False
     # Alembic announces each of its plugins at INFO; only the migrations themselves matter.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-    command.upgrade(cfg, "head")
+    return cfg
+
+
+def upgrade(url: str | URL, revision: str = "head") -> None:
+    """Run Alembic to head; the node does this at every start so a fresh or older database
+    is always usable without a separate migration step."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
 
 
 @dataclass(frozen=True)
@@ -81,6 +123,7 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
+        self._insert = _INSERT[self.engine.dialect.name]
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -116,24 +159,20 @@ class Store:
 
     def add_segment(self, call_id: str, seg: SegmentIn) -> Segment | None:
         """Commit one final segment. Returns None when that (speaker, number) is already
-        stored, so a segment delivered twice is stored once."""
-        row = Segment(call_id=call_id, created_at=utcnow(), **seg.__dict__)
-        try:
-            with self.session() as s:
-                s.add(row)
-        except IntegrityError:
-            with self.session() as s:
-                existing = s.scalar(
-                    select(Segment).where(
-                        Segment.call_id == call_id,
-                        Segment.speaker == seg.speaker,
-                        Segment.number == seg.number,
-                    )
-                )
-            if existing is None:
-                raise
-            return None
-        return row
+        stored, so a segment delivered twice is stored once.
+
+        One statement decides, in the database, under its unique constraint: two nodes or
+        greenlets racing with the same segment cannot both store it, and a duplicate is not
+        an error (PostgreSQL would otherwise log every one and abort the transaction).
+        """
+        stmt = (
+            self._insert(Segment)
+            .values(call_id=call_id, created_at=utcnow(), **seg.__dict__)
+            .on_conflict_do_nothing(index_elements=["call_id", "speaker", "number"])
+            .returning(Segment)
+        )
+        with self.session() as s:
+            return s.scalar(stmt)
 
     def segments(self, call_id: str, after_id: int | None = None) -> list[Segment]:
         """Both speakers in time order; ties keep arrival order."""

@@ -1,7 +1,12 @@
-"""Tables for calls and their transcript segments.
+"""Tables for calls and their transcript segments, the same on SQLite and PostgreSQL.
 
 A segment keeps Whisper's own confidence figures next to the text, so that a reader (or a
 later quality pass) can tell a confident line from a doubtful one without re-running ASR.
+
+Types are chosen for the stricter of the two databases: PostgreSQL enforces VARCHAR lengths
+and has 32-bit INTEGER, where SQLite enforces neither, so text that comes from users or peers
+(device names, file paths, addresses, error messages) is TEXT, and counters that a long call
+can push past 2**31 (bytes) are BIGINT.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -26,15 +32,22 @@ SPEAKERS = ("local", "remote")
 
 
 class UTCDateTime(TypeDecorator):
-    """Timestamps are written in UTC; SQLite forgets the zone, so give it back on read."""
+    """Timestamps are written and read in UTC, whatever the database does with zones.
+
+    SQLite forgets the zone, so it is given back on read; PostgreSQL answers in the session's
+    TimeZone setting, so the value is converted back, and the API shows the same `+00:00`
+    times on either database.
+    """
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
     def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
-        return value
+        return value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -47,20 +60,20 @@ class Call(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     mode: Mapped[str] = mapped_column(String(8))  # listen | dial
     state: Mapped[str] = mapped_column(String(16), index=True)
-    local_address: Mapped[str | None] = mapped_column(String(300))
-    peer_address: Mapped[str | None] = mapped_column(String(300))
-    input: Mapped[str | None] = mapped_column(String(300))
-    output: Mapped[str | None] = mapped_column(String(300))
+    local_address: Mapped[str | None] = mapped_column(Text)
+    peer_address: Mapped[str | None] = mapped_column(Text)
+    input: Mapped[str | None] = mapped_column(Text)
+    output: Mapped[str | None] = mapped_column(Text)
     language: Mapped[str | None] = mapped_column(String(16))
     transcribe: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     connected_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    end_reason: Mapped[str | None] = mapped_column(String(200))
+    end_reason: Mapped[str | None] = mapped_column(Text)
     frames_sent: Mapped[int] = mapped_column(Integer, default=0)
     frames_received: Mapped[int] = mapped_column(Integer, default=0)
-    bytes_sent: Mapped[int] = mapped_column(Integer, default=0)
-    bytes_received: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_sent: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_received: Mapped[int] = mapped_column(BigInteger, default=0)
 
     segments: Mapped[list[Segment]] = relationship(
         back_populates="call", cascade="all, delete-orphan", order_by="Segment.id"
@@ -75,7 +88,11 @@ class Segment(Base):
     )
 
     # The autoincrementing id is the stable order of arrival and the cursor for polling.
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # BIGINT on PostgreSQL (a shared server outlives 2**31 segments); SQLite keeps INTEGER,
+    # the only type it makes an alias of the rowid, and which is 64-bit there anyway.
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
     call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
     speaker: Mapped[str] = mapped_column(String(8))  # local | remote
     # The transcribing side's running number: makes a re-sent segment idempotent.
