@@ -8,13 +8,23 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from audio_rig import ROOT, AudioRig, audio_rig_fixture, dominant_hz, tone  # noqa: F401
+from audio_rig import (  # noqa: F401
+    RIG_ENV_KEYS,
+    RIG_SCRIPT,
+    ROOT,
+    AudioRig,
+    _rig_start,
+    audio_rig_fixture,
+    dominant_hz,
+    tone,
+)
 
 RIG_INPUTS = ["rig_mic_a", "rig_spk_a_out", "rig_mic_b", "rig_spk_b_out"]
 RIG_OUTPUTS = ["rig_spk_a", "rig_mic_a_in", "rig_spk_b", "rig_mic_b_in"]
@@ -140,6 +150,7 @@ if mode == "resampled":
 
     pyaudio.PyAudio.is_format_supported = refuse_16k
 
+from service.audio.codecs import make_encoder
 from service.audio.devices import DeviceSink, DeviceSource, resolve
 from service.audio.frames import FRAME_SAMPLES, SAMPLE_RATE
 
@@ -168,10 +179,14 @@ gevent.sleep(0.3)  # some silence first
 t = np.arange(int(1.2 * SAMPLE_RATE)) / SAMPLE_RATE
 tone = (0.5 * 32767 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
 n = tone.size // FRAME_SAMPLES
+codec = "opus" if mode == "opus" else "pcm16"
+encoder = make_encoder(codec)
 first_write = time.time()
 t0 = time.monotonic()
 for i in range(n):
-    sink.write(tone[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES])
+    # As the call's receive loop does: the wire frame, still encoded, into the playout buffer.
+    payload = encoder.encode(tone[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES])
+    sink.playout.push(i, round(time.time() * 1e6), codec, payload)
     gevent.sleep(max(0.0, t0 + (i + 1) * 0.02 - time.monotonic()))
 gevent.sleep(0.4)
 sink_stats = sink.stats
@@ -197,7 +212,7 @@ print(json.dumps({
 """
 
 
-@pytest.mark.parametrize("mode", ["16k", "resampled"])
+@pytest.mark.parametrize("mode", ["16k", "resampled", "opus"])
 def test_loopback_sink_to_source_carries_a_tone(
     audio_rig: AudioRig, tmp_path: Path, mode: str
 ) -> None:
@@ -230,14 +245,19 @@ def test_loopback_sink_to_source_carries_a_tone(
     segment = pcm[(onset + 5) * 320 : (onset + 55) * 320]  # one second inside the tone
     assert abs(dominant_hz(segment, rate) - 440) < 10
 
-    # The first loud frame is stamped shortly after the first write (prebuffer + device path).
+    # The first loud frame is stamped shortly after the first write (playout + device path).
     delay = times[onset] - out["first_write"]
     assert -0.05 < delay < 0.5, delay
 
     sink, source = out["sink"], out["source"]
-    assert sink["dropped"] == 0 and source["dropped"] == 0
-    assert sink["frames_played"] >= out["written"] - 2, sink
+    assert source["dropped"] == 0
+    assert sink["frames_dropped_overflow"] == 0 and sink["frames_dropped_late"] == 0, sink
+    assert sink["frames_played"] + sink["frames_dropped_catchup"] == out["written"], sink
     assert sink["underruns"] >= 1  # ran dry when the tone ended
+    assert sink["failed"] is None
+    # Pushed to handed-to-the-device, on one clock: about the playout target plus a tick.
+    assert sink["latency_ms"]["n"] == sink["frames_played"]
+    assert sink["latency_ms"]["p50"] < 120, sink["latency_ms"]
     assert source["frames_captured"] >= times.size
     jitter = float(np.abs(steps - 0.02).max())
     print(mode, "delay", round(delay, 3), "jitter", round(jitter, 4), sink, source)
@@ -288,3 +308,128 @@ def test_list_devices_without_a_rig(tmp_path: Path) -> None:
         pytest.skip(f"this machine has a sound card; PortAudio lists {names}")
     assert out["devices"] == []
     assert out["reason"].startswith("PortAudio found no devices"), out["reason"]
+
+
+OPEN_SPECS = r"""
+import json
+from service.audio.specs import AudioSpecError, open_sink, open_source
+
+def attempt(opener, spec):
+    try:
+        return {"ok": True, "type": type(opener(spec)).__name__}
+    except AudioSpecError as exc:
+        return {"ok": False, "error": str(exc)}
+
+print(json.dumps({
+    "gone_input": attempt(open_source, "rig_gone_in"),
+    "gone_output": attempt(open_sink, "rig_gone_out"),
+    "playback_only_as_input": attempt(open_source, "rig_spk_a"),
+    "capture_only_as_output": attempt(open_sink, "rig_mic_a"),
+    "missing": attempt(open_source, "no-such-microphone"),
+    "good_input": attempt(open_source, "rig_mic_a"),
+    "good_output": attempt(open_sink, "rig_spk_a"),
+}))
+"""
+
+
+def test_unusable_devices_are_refused_when_the_session_is_made(
+    audio_rig: AudioRig, tmp_path: Path
+) -> None:
+    """A device that is listed but cannot be opened now (its PulseAudio sink is gone, as for
+    a busy or unplugged card) is an AudioSpecError (the API's 422), like a missing device or
+    one that cannot do the direction asked for."""
+    home = tmp_path / "home"
+    shutil.copytree(audio_rig.env["HOME"], home)
+    server = audio_rig.env["PULSE_SERVER"]
+    with (home / ".asoundrc").open("a") as f:
+        for name, side, device in (
+            ("rig_gone_in", "capture", "no_such_sink.monitor"),
+            ("rig_gone_out", "playback", "no_such_sink"),
+        ):
+            f.write(
+                f'pcm.{name} {{\n\ttype asym\n\t{side}.pcm {{ type pulse server "{server}" '
+                f'device "{device}" }}\n\thint {{ show on description "{name}" }}\n}}\n'
+            )
+    rig = AudioRig(audio_rig.dir, {**audio_rig.env, "HOME": str(home)})
+    out = rig.run_python(OPEN_SPECS)
+    for key in ("gone_input", "gone_output"):
+        assert not out[key]["ok"] and "cannot open" in out[key]["error"], out[key]
+    assert "no input channels" in out["playback_only_as_input"]["error"]
+    assert "no output channels" in out["capture_only_as_output"]["error"]
+    assert "no-such-microphone" in out["missing"]["error"]
+    assert out["good_input"] == {"ok": True, "type": "DeviceSource"}
+    assert out["good_output"] == {"ok": True, "type": "DeviceSink"}
+
+
+DEATH = r"""
+from gevent import monkey
+
+monkey.patch_all()
+
+import json
+import subprocess
+import sys
+import time
+
+import gevent
+
+from service.audio.devices import DeviceLost, DeviceSink, DeviceSource, resolve
+
+rig_script, rig_dir = sys.argv[1], sys.argv[2]
+source = DeviceSource(resolve("rig_mic_a", "input"))
+sink = DeviceSink(resolve("rig_spk_a", "output"))
+failures = []
+sink.on_failed = lambda reason: failures.append((time.monotonic(), reason))
+source.start()
+sink.start()
+frames = 0
+t0 = time.monotonic()
+while time.monotonic() - t0 < 0.6:
+    if source.read(timeout=1.0) is not None:
+        frames += 1
+subprocess.run([rig_script, "stop", rig_dir], check=True, capture_output=True)
+stopped = time.monotonic()
+lost = None
+try:
+    while source.read() is not None:  # no timeout: it must end by itself
+        frames += 1
+except DeviceLost as exc:
+    lost = (time.monotonic() - stopped, str(exc))
+while not failures and time.monotonic() - stopped < 5:
+    gevent.sleep(0.05)
+t = time.monotonic()
+source.close()
+sink.close()
+print(json.dumps({
+    "frames": frames,
+    "lost": lost,
+    "sink_failed": [failures[0][0] - stopped, failures[0][1]] if failures else None,
+    "sink_stats_failed": sink.stats["failed"],
+    "source_stats_failed": source.stats["failed"],
+    "close_s": time.monotonic() - t,
+}))
+"""
+
+
+def test_a_device_that_dies_mid_call_is_reported_not_waited_on(
+    audio_rig: AudioRig, tmp_path: Path
+) -> None:
+    """The sound server behind both devices goes away mid-stream (a private rig, stopped):
+    the source's read() raises DeviceLost and the sink reports failure, each within about
+    a second, and closing both returns at once."""
+    directory = tmp_path / "rig"
+    env = {k: v for k, v in _rig_start(directory).items() if k in RIG_ENV_KEYS}
+    try:
+        out = AudioRig(directory, env).run_python(DEATH, str(RIG_SCRIPT), str(directory))
+    finally:
+        subprocess.run([str(RIG_SCRIPT), "stop", str(directory)], timeout=60, check=False)
+    print(out)
+    assert out["frames"] >= 20  # it worked before
+    assert out["lost"] is not None, out
+    delay, reason = out["lost"]
+    assert delay < 2.5 and reason.startswith("input device 'rig_mic_a' lost"), out
+    assert out["sink_failed"] is not None, out
+    delay, reason = out["sink_failed"]
+    assert delay < 2.5 and reason.startswith("output device 'rig_spk_a' lost"), out
+    assert out["sink_stats_failed"] == reason and out["source_stats_failed"] == out["lost"][1]
+    assert out["close_s"] < 1.0

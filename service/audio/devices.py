@@ -7,14 +7,21 @@ whatever rate a device likes and calls back on its own OS thread. This module is
   device (slow, and ~40 lines of stderr noise), and its device list is fixed at that moment.
 - Streams run in callback mode, so no greenlet ever blocks in a native read/write. The
   callbacks never block and never touch gevent, except ``ThreadToHub.put_nowait`` (capture)
-  and a plain ``collections.deque`` (playback), both atomic under the GIL.
+  and ``PlayoutBuffer.pull`` (playback, a native lock held for bookkeeping only).
 - A device that cannot do 16 kHz is opened at its default rate and resampled with soxr.
+- A device that dies mid-call is noticed, never waited on: PortAudio marks the stream
+  inactive when its host API fails (measured on the PulseAudio rig: killing the sound server
+  stops the stream at once, and closing it afterwards returns in < 1 ms), and a stream that
+  stays active but stops calling back for ``LOST_AFTER_S`` counts as lost too. A source then
+  raises ``DeviceLost`` from ``read()``; a sink sets ``failed`` and calls ``on_failed``.
+  Note: PulseAudio *hides* an unplugged device (its streams move to the default device),
+  so through PulseAudio an unplug is heard on another device rather than reported.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
+import logging
 import os
 import sys
 import threading
@@ -23,16 +30,23 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import gevent
 import numpy as np
 import pyaudio
 import soxr
 
 from service.audio.bridge import ThreadToHub
 from service.audio.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE, Frame, Framer
+from service.audio.playout import PlayoutBuffer
+from service.audio.sinks import LOG_EVERY_S, PlayoutSink
+from service.audio.sources import DeviceLost
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DeviceError",
     "DeviceInfo",
+    "DeviceLost",
     "DeviceSink",
     "DeviceSource",
     "default_device",
@@ -46,6 +60,12 @@ Kind = Literal["input", "output"]
 # "HQ" bunches output into every other callback (~30 ms of jitter), and its quality is ample
 # for speech at 16 kHz.
 RESAMPLE_QUALITY = "LQ"
+
+# A running stream that has not called back for this long is dead. The first callback gets
+# longer: an idle PulseAudio null-sink monitor delivers its first capture 1-2 s late.
+LOST_AFTER_S = 1.0
+FIRST_CALLBACK_S = 3.0
+HEALTH_CHECK_S = 0.25
 
 
 class DeviceError(ValueError):
@@ -318,7 +338,14 @@ def _stream_rate(pa: pyaudio.PyAudio, device: DeviceInfo, kind: Kind) -> int:
     return round(device.default_sample_rate)
 
 
-def _open(device: DeviceInfo, kind: Kind, callback: Any, rate: int, frames_per_buffer: int) -> Any:
+def _open(
+    device: DeviceInfo,
+    kind: Kind,
+    callback: Any,
+    rate: int,
+    frames_per_buffer: int,
+    start: bool = True,
+) -> Any:
     pa = _pa()
     try:
         return pa.open(
@@ -331,13 +358,43 @@ def _open(device: DeviceInfo, kind: Kind, callback: Any, rate: int, frames_per_b
             output_device_index=device.index if kind == "output" else None,
             frames_per_buffer=frames_per_buffer,
             stream_callback=callback,
-            start=True,
+            start=start,
         )
     except (OSError, ValueError) as exc:
         raise DeviceError(
             f"cannot open {kind} device {device.describe()} at {rate} Hz mono: {exc} "
             "(in use by another program, unplugged, or the sound server is down?)"
         ) from exc
+
+
+def _probe(device: DeviceInfo, kind: Kind) -> None:
+    """Open the device once and close it again, so that one that cannot be opened now (busy,
+    gone, refused) is a DeviceError when the session is created, not when the call connects.
+    Costs one open/close (a few ms through PulseAudio)."""
+    pa = _pa()
+    rate = _stream_rate(pa, device, kind)
+    stream = _open(device, kind, None, rate, rate * FRAME_MS // 1000, start=False)
+    _close_stream(stream)
+
+
+def _stream_trouble(
+    stream: Any, kind: Kind, device: DeviceInfo, started: float, last_callback: float | None
+) -> str | None:
+    """Why a running stream is dead, or None while it is fine. Cheap; call from the hub."""
+    what = f"{kind} device {device.name!r} lost"
+    try:
+        active = bool(stream.is_active())
+    except Exception as exc:  # PyAudio raises once PortAudio has dropped the stream
+        return f"{what}: {exc}"
+    if not active:
+        return f"{what}: its audio stream stopped (unplugged, or the sound server went away)"
+    now = time.monotonic()
+    if last_callback is None:
+        if now - started > FIRST_CALLBACK_S:
+            return f"{what}: no audio from it {now - started:.1f} s after opening"
+    elif now - last_callback > LOST_AFTER_S:
+        return f"{what}: no audio from it for {now - last_callback:.1f} s"
+    return None
 
 
 def _close_stream(stream: Any) -> None:
@@ -374,8 +431,15 @@ class DeviceSource:
         self._last_end = 0.0  # wall clock just after the previous chunk's last sample
         self._closing = False
         self._closed = False
+        self._started_at = 0.0
+        self._last_callback: float | None = None  # time.monotonic(), set by the callback
+        self.failed: str | None = None
         self.frames_captured = 0
         self.overflows = 0
+
+    def probe(self) -> None:
+        """Check now that the device opens (DeviceError if not); see ``_probe``."""
+        _probe(self.device, "input")
 
     def start(self) -> None:
         """Open the device and start capturing. Call from the hub's thread (a greenlet)."""
@@ -389,6 +453,7 @@ class DeviceSource:
             )
         # The queue binds to the current hub, so it is made here, not in the callback.
         self._queue = ThreadToHub(self.QUEUE_FRAMES)
+        self._started_at = time.monotonic()
         try:
             self._stream = _open(
                 self.device, "input", self._callback, self.rate, self.rate * FRAME_MS // 1000
@@ -403,6 +468,7 @@ class DeviceSource:
     ) -> tuple[None, int]:
         """PortAudio's thread. Never blocks; the only gevent call is put_nowait."""
         now = time.time()
+        self._last_callback = time.monotonic()
         if self._closing or in_data is None:
             return None, pyaudio.paContinue
         if status & pyaudio.paInputOverflow:
@@ -439,12 +505,35 @@ class DeviceSource:
         return None, pyaudio.paContinue
 
     def read(self, timeout: float | None = None) -> Frame | None:
-        """Next frame, waiting cooperatively; None on timeout or once closed."""
+        """Next frame, waiting cooperatively; None on timeout or once closed.
+
+        Raises DeviceLost once the device has died (frames captured before that come
+        first). The stream's health is checked every ``HEALTH_CHECK_S`` while waiting, so a
+        dead device is reported within about ``LOST_AFTER_S`` even with ``timeout=None``.
+        """
         if self._queue is None:
             if self._closed:
                 return None
             raise RuntimeError("DeviceSource.read() before start()")
-        return self._queue.get(timeout)
+        if self.failed is not None:
+            raise DeviceLost(self.failed)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = HEALTH_CHECK_S
+            if deadline is not None:
+                wait = max(0.0, min(wait, deadline - time.monotonic()))
+            frame = self._queue.get(wait)
+            if frame is not None or self._closed:
+                return frame
+            trouble = _stream_trouble(
+                self._stream, "input", self.device, self._started_at, self._last_callback
+            )
+            if trouble is not None:
+                self.failed = trouble
+                log.warning("%s", trouble)
+                raise DeviceLost(trouble)
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
 
     def close(self) -> None:
         """Stop the device and wake any reader (it gets None). Idempotent."""
@@ -467,38 +556,44 @@ class DeviceSource:
             "dropped": self._queue.dropped if self._queue is not None else 0,
             "overflows": self.overflows,
             "rate": self.rate,
+            "failed": self.failed,
         }
 
 
-class DeviceSink:
-    """A live speaker fed 20 ms / 16 kHz frames by a greenlet.
+class DeviceSink(PlayoutSink):
+    """A live speaker whose PortAudio callback is the call's playout clock.
 
-    ``write()`` resamples (on the greenlet, keeping the callback cheap) and appends to a
-    bounded deque; the callback drains it. Playback starts once ``PREBUFFER_FRAMES`` are
-    queued, and again after every underrun, so a feed that is a few ms late does not click
-    on every frame. (A proper jitter buffer will sit in front of this.)
+    Each callback pulls as many 20 ms frames from ``playout`` as it needs (resampled with
+    soxr on that thread when the device refuses 16 kHz) and keeps the remainder for the next
+    callback. A monitor greenlet watches the stream and reports a dead device through
+    ``failed`` / ``on_failed``, and logs playout drops that moved.
     """
 
-    MAX_FRAMES = 10  # 200 ms: beyond that, latency hurts more than dropping
-    PREBUFFER_FRAMES = 2
+    kind = "device"
 
-    def __init__(self, device: DeviceInfo) -> None:
+    def __init__(self, device: DeviceInfo, playout: PlayoutBuffer | None = None) -> None:
         if device.max_output_channels < 1:
             raise DeviceError(f"output device {device.describe()} has no output channels")
+        super().__init__(playout)
         self.device = device
         self.rate = 0
         self._stream: Any = None
         self._resampler: Any = None
-        self._buffer: collections.deque[np.ndarray] = collections.deque()
-        # Callback-thread state: the unplayed tail of a partly played item.
+        self._monitor: gevent.Greenlet | None = None
+        # Callback-thread state: what was resampled but not yet handed to the device.
         self._carry = np.zeros(0, dtype=np.int16)
-        self._playing = False
         self._closed = False
-        self.frames_played = 0
-        self.underruns = 0
-        self.dropped = 0
+        self._started_at = 0.0
+        self._last_callback: float | None = None
+        self.device_underflows = 0
+
+    def probe(self) -> None:
+        """Check now that the device opens (DeviceError if not); see ``_probe``."""
+        _probe(self.device, "output")
 
     def start(self) -> None:
+        """Open the device; playing starts at once (silence until frames arrive). Call from
+        a greenlet."""
         if self._stream is not None or self._closed:
             raise RuntimeError("DeviceSink.start() may be called once")
         pa = _pa()
@@ -507,82 +602,63 @@ class DeviceSink:
             self._resampler = soxr.ResampleStream(
                 SAMPLE_RATE, self.rate, 1, dtype="int16", quality=RESAMPLE_QUALITY
             )
+        self._started_at = time.monotonic()
         self._stream = _open(
             self.device, "output", self._callback, self.rate, self.rate * FRAME_MS // 1000
         )
-
-    def write(self, pcm: np.ndarray) -> None:
-        """Queue one 16 kHz int16 frame. Never blocks; drops the oldest frame when full."""
-        if self._closed:
-            return
-        if self._stream is None:
-            raise RuntimeError("DeviceSink.write() before start()")
-        pcm = np.asarray(pcm)
-        if pcm.dtype != np.int16 or pcm.ndim != 1:
-            raise ValueError(f"expected 1-D int16 PCM, got {pcm.dtype} {pcm.shape}")
-        if self._resampler is not None:
-            pcm = self._resampler.resample_chunk(pcm)
-            if pcm.size == 0:
-                return  # the resampler is still filling its delay line
-        else:
-            pcm = pcm.copy()  # the caller may reuse its array
-        if len(self._buffer) >= self.MAX_FRAMES:
-            try:
-                self._buffer.popleft()
-                self.dropped += 1
-            except IndexError:  # the callback just drained it
-                pass
-        self._buffer.append(pcm)
+        self._monitor = gevent.spawn(self._watch)
 
     def _callback(
         self, in_data: bytes | None, frame_count: int, time_info: dict, status: int
     ) -> tuple[bytes, int]:
-        """PortAudio's thread: fill exactly frame_count samples, padding with silence."""
+        """PortAudio's thread: fill exactly frame_count samples from the playout buffer."""
+        self._last_callback = time.monotonic()
+        if status & pyaudio.paOutputUnderflow:
+            self.device_underflows += 1
         if self._closed:
             return bytes(frame_count * 2), pyaudio.paContinue
-        if not self._playing:
-            if len(self._buffer) < self.PREBUFFER_FRAMES:
-                return bytes(frame_count * 2), pyaudio.paContinue
-            self._playing = True
         parts = [self._carry] if self._carry.size else []
         have = self._carry.size
         while have < frame_count:
-            try:
-                item = self._buffer.popleft()
-            except IndexError:
-                break
-            parts.append(item)
-            have += item.size
-            self.frames_played += 1
-        data = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
-        if data.size < frame_count:
-            # Ran dry: play silence for the rest and wait for a new prebuffer.
-            self.underruns += 1
-            self._playing = False
-            self._carry = np.zeros(0, dtype=np.int16)
-            out = np.zeros(frame_count, dtype=np.int16)
-            out[: data.size] = data
-            return out.tobytes(), pyaudio.paContinue
+            pcm = self.playout.pull()
+            if self._resampler is not None:
+                pcm = self._resampler.resample_chunk(pcm)
+            parts.append(pcm)
+            have += pcm.size
+        data = np.concatenate(parts) if len(parts) > 1 else parts[0]
         self._carry = data[frame_count:]
-        return data[:frame_count].tobytes(), pyaudio.paContinue
+        return data[:frame_count].astype("<i2", copy=False).tobytes(), pyaudio.paContinue
+
+    def _watch(self) -> None:
+        next_log = time.monotonic() + LOG_EVERY_S
+        while not self._closed:
+            gevent.sleep(HEALTH_CHECK_S)
+            if self._closed or self._stream is None:
+                return
+            trouble = _stream_trouble(
+                self._stream, "output", self.device, self._started_at, self._last_callback
+            )
+            if trouble is not None:
+                self._fail(trouble)
+                return
+            if time.monotonic() >= next_log:
+                next_log += LOG_EVERY_S
+                self.playout.log_changes(log, f"{self.device.name} playout")
 
     def close(self) -> None:
         """Stop the device, discarding anything not yet played. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        self._buffer.clear()
+        if self._monitor is not None and self._monitor is not gevent.getcurrent():
+            self._monitor.kill(block=False)
         if self._stream is not None:
             _close_stream(self._stream)
             self._stream = None
 
-    @property
-    def stats(self) -> dict[str, Any]:
+    def _extra_stats(self) -> dict[str, Any]:
         return {
-            "kind": "device",
             "device": self.device.name,
-            "frames_played": self.frames_played,
-            "underruns": self.underruns,
-            "dropped": self.dropped,
             "rate": self.rate,
+            "device_underflows": self.device_underflows,
         }

@@ -16,11 +16,21 @@ import numpy as np
 from service.audio.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE, Frame, silence, to_int16
 
 
+class DeviceLost(RuntimeError):
+    """A live device stopped working mid-call: unplugged, or its sound server went away.
+
+    The message is the reason, written for the call's ``end_reason`` (e.g. ``input device
+    'rig_mic_a' lost: its audio stream stopped``). Headless sources never raise it.
+    """
+
+
 class Source(Protocol):
     def start(self) -> None: ...
 
     def read(self, timeout: float | None = None) -> Frame | None:
-        """Next 20 ms frame (cooperative wait); None when closed or on timeout."""
+        """Next 20 ms frame (cooperative wait); None when closed or on timeout.
+
+        Raises DeviceLost when a live device has died; the source is then useless."""
         ...
 
     def close(self) -> None: ...
