@@ -44,9 +44,12 @@ class Settings:
     tls_key: Path | None = None
     tls_ca: Path | None = None  # what a dialer verifies the listener's certificate against
     tls_insecure: bool = False  # dial TLS without verifying anything (tests only)
+    vad: str = "silero"
     vad_aggressiveness: int = 2
     utterance_end_silence_ms: int = 500
     max_utterance_s: float = 15.0
+    partial_interval_s: float = 1.0
+    asr_max_batch: int = 16
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -98,12 +101,21 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "IM_TLS_INSECURE",
         "Set to 1 to dial TLS without verifying the listener (testing only).",
     ),
+    "vad": ("IM_VAD", "Voice activity detector: `silero` (onnxruntime) or `webrtc`."),
     "vad_aggressiveness": ("IM_VAD_AGGRESSIVENESS", "webrtcvad aggressiveness, 0 (lax) to 3."),
     "utterance_end_silence_ms": (
         "IM_UTTERANCE_END_SILENCE_MS",
         "Silence that ends an utterance, in milliseconds.",
     ),
     "max_utterance_s": ("IM_MAX_UTTERANCE_S", "Longest utterance sent to Whisper, in seconds."),
+    "partial_interval_s": (
+        "IM_PARTIAL_INTERVAL_S",
+        "Seconds of new speech between live partial transcripts; 0 turns partials off.",
+    ),
+    "asr_max_batch": (
+        "IM_ASR_MAX_BATCH",
+        "Most utterances (of all calls) the ASR worker decodes in one batch.",
+    ),
 }
 
 
@@ -161,6 +173,23 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     for key in ("hello_timeout_s", "connect_timeout_s", "max_utterance_s"):
         if (v := get(key)) is not None:
             values[key] = _float(ENV_VARS[key][0], v)
+    if (v := get("vad")) is not None:
+        if v not in ("silero", "webrtc"):
+            raise ConfigError(f"IM_VAD must be silero or webrtc, got {v!r}")
+        values["vad"] = v
+    if (v := get("partial_interval_s")) is not None:
+        try:
+            interval = float(v)
+        except ValueError:
+            raise ConfigError(f"IM_PARTIAL_INTERVAL_S must be a number, got {v!r}") from None
+        if not (interval == 0 or 0.2 <= interval <= 30):
+            raise ConfigError(f"IM_PARTIAL_INTERVAL_S must be 0 or 0.2..30, got {v!r}")
+        values["partial_interval_s"] = interval
+    if (v := get("asr_max_batch")) is not None:
+        batch = _int("IM_ASR_MAX_BATCH", v)
+        if not 1 <= batch <= 256:
+            raise ConfigError(f"IM_ASR_MAX_BATCH must be 1..256, got {v!r}")
+        values["asr_max_batch"] = batch
     if (v := get("vad_aggressiveness")) is not None:
         level = _int("IM_VAD_AGGRESSIVENESS", v)
         if not 0 <= level <= 3:

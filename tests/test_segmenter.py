@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pytest
 
 from service.asr.segmenter import Segmenter, SegmenterConfig
 from service.audio.frames import FRAME_SAMPLES
@@ -23,11 +24,33 @@ def run(segmenter, pcm):
     return out
 
 
-def test_silence_and_low_noise_produce_no_utterance():
-    assert run(Segmenter(), np.zeros(16_000 * 60, dtype=np.int16)) == []
+@pytest.mark.parametrize("vad", ["silero", "webrtc"])
+def test_silence_and_low_noise_produce_no_utterance(vad):
+    config = SegmenterConfig(vad=vad)
+    assert run(Segmenter(config), np.zeros(16_000 * 60, dtype=np.int16)) == []
     rng = np.random.default_rng(7)
     noise = rng.normal(0, 200, 16_000 * 60).astype(np.int16)
-    assert run(Segmenter(), noise) == []
+    assert run(Segmenter(config), noise) == []
+
+
+def test_silero_ignores_loud_noise_that_webrtcvad_takes_for_speech():
+    """The reason Silero is the default (figures: scripts/bench_vad.py, README)."""
+    noise = np.random.default_rng(5).normal(0, 4000, 16_000 * 20).astype(np.int16)
+    assert run(Segmenter(SegmenterConfig(vad="silero")), noise) == []
+    assert run(Segmenter(SegmenterConfig(vad="webrtc")), noise) != []
+
+
+def test_an_open_utterance_can_be_read_while_it_grows(speech_dir):
+    pcm = read_wav(speech_dir / "en_jfk_inaugural_1961.wav")
+    seg = Segmenter()
+    assert seg.open_utterance() is None
+    for i in range(0, pcm.size - FRAME_SAMPLES, FRAME_SAMPLES):
+        seg.push(pcm[i : i + FRAME_SAMPLES])
+        if seg.open_frames >= 75:  # 1.5 s into an utterance
+            break
+    open_utt = seg.open_utterance()
+    assert open_utt is not None
+    assert abs(open_utt.audio.size / 16_000 - (open_utt.end_s - open_utt.start_s)) < 0.021
 
 
 def test_speech_is_cut_into_utterances_that_cover_it(speech_dir):

@@ -17,6 +17,7 @@ def segment_json(s: Segment) -> dict:
         "end": s.end_s,
         "text": s.text,
         "language": s.language,
+        "task": s.task,
         "avg_logprob": s.avg_logprob,
         "no_speech_prob": s.no_speech_prob,
         "compression_ratio": s.compression_ratio,

@@ -35,6 +35,9 @@ class CreateSession(BaseModel):
         None, min_length=2, max_length=16, description="spoken language (ISO 639-1); auto if unset"
     )
     transcribe: bool = True
+    task: Literal["transcribe", "translate"] = Field(
+        "transcribe", description="`translate`: transcripts in English (multilingual model only)"
+    )
 
     @model_validator(mode="after")
     def _mode_fields(self) -> CreateSession:

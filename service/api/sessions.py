@@ -45,6 +45,7 @@ def _stored_snapshot(call: Call) -> dict[str, Any]:
         "output": call.output,
         "language": call.language,
         "transcribe": call.transcribe,
+        "task": call.task,
         "created_at": ts(call.created_at),
         "connected_at": ts(call.connected_at),
         "ended_at": ts(call.ended_at),
@@ -83,6 +84,7 @@ def create_session(json: CreateSession):
         output=json.output,
         language=json.language,
         transcribe=json.transcribe,
+        task=json.task,
     )
     try:
         if json.mode == "listen":

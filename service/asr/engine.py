@@ -1,53 +1,82 @@
-"""The one Whisper model of this process, and the worker that runs it.
+"""The one Whisper model of this process, and the one OS thread that runs it for every call.
 
-Inference runs on a dedicated OS thread (torch releases the GIL while it computes), so the
-gevent hub keeps serving HTTP and moving audio while an utterance is decoded. Work is queued
-from greenlets and results are delivered back on the hub, so callers never deal with threads.
+Every call's ready utterances (finals) and provisional requests (partials) go into one
+queue; the worker takes as many as are waiting and decodes them *together*: one batched
+log-mel, one encoder pass for the whole batch, language detection in one pass, then batched
+greedy decoding per (language, task) group, with temperature fallback only for the items
+whose checks failed. On a GPU this is what lets one model serve dozens of calls; on a CPU it
+still shares the decoder loop's fixed costs.
+
+Priorities when behind: finals always go first; a stream's newer partial replaces its older
+one, and a partial that waited too long is dropped, so overload costs partials, never
+finals, and lag does not grow. Every drop is counted in `stats` and logged.
+
+Threads: requests are put from greenlets under a native lock and wake the worker through a
+C `SimpleQueue`; results come back through `ThreadToHub` (an async watcher), and callbacks run
+on the hub. The worker never touches gevent (it does not even log: reasons travel with the
+results and are logged on the hub).
 """
 
 from __future__ import annotations
 
+import _queue
+import contextlib
 import logging
-import re
+import os
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import gevent
 import numpy as np
-from gevent.queue import Full, Queue
-from gevent.threadpool import ThreadPool
+from gevent.event import Event
+from gevent.monkey import get_original
 
-from service.asr.segmenter import Utterance
+from service.asr import filters
+from service.audio.bridge import ThreadToHub
 
 log = logging.getLogger(__name__)
 
-# Whisper's own decoding safeguards, as used by `whisper.transcribe`'s defaults.
-NO_SPEECH_THRESHOLD = 0.6
-LOGPROB_THRESHOLD = -1.0
-COMPRESSION_RATIO_THRESHOLD = 2.4
-MAX_QUEUED = 256  # utterances waiting for the model, across all calls
-_NO_WORDS = re.compile(r"^[\W_]*$")
+_allocate_lock = get_original("_thread", "allocate_lock")
+_start_new_thread = get_original("_thread", "start_new_thread")
 
-
-@dataclass(frozen=True)
-class SegmentResult:
-    start_s: float
-    end_s: float
-    text: str
-    language: str | None
-    avg_logprob: float | None
-    no_speech_prob: float | None
-    compression_ratio: float | None
+MAX_QUEUED_FINALS = 256  # utterances waiting for the model, across all calls
+PARTIAL_STALE_S = 1.5  # a partial that waited longer than this is no longer worth showing
+SATURATED_S = 2.0  # a worker not idle once in this long is behind: partials are declined
+DEFAULT_MAX_BATCH = 16
+TASKS = ("transcribe", "translate")
+FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
 
 
 @dataclass
-class Job:
-    utterance: Utterance
-    language: str | None
-    on_result: Callable[[list[SegmentResult]], None]
+class Request:
+    """One decode: a final (an ended utterance) or a partial (an open one, so far)."""
+
+    kind: str  # "final" | "partial"
+    audio: np.ndarray  # float32 mono 16 kHz, at most 30 s
+    language: str | None  # None: detect
+    task: str  # "transcribe" | "translate"
+    on_done: Callable[[Outcome], None]  # called on the hub, exactly once
+    stream: Any = None  # partials of one stream replace each other
     label: str = ""
     queued_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Outcome:
+    text: str | None  # None when nothing is to be shown (dropped, or an error)
+    dropped: str | None = None  # why, when the candidate was rejected
+    language: str | None = None
+    avg_logprob: float | None = None
+    no_speech_prob: float | None = None
+    compression_ratio: float | None = None
+    temperature: float | None = None
+    error: str | None = None
+    queued_s: float = 0.0  # waiting for the worker
+    decode_s: float = 0.0  # the batch it was decoded in
+    batch: int = 0
 
 
 def pick_device(requested: str) -> str:
@@ -60,46 +89,138 @@ def pick_device(requested: str) -> str:
     return requested
 
 
+def batched_log_mel(audios: list[np.ndarray], n_mels: int, device: str):
+    """Whisper's log-mel for a batch of clips, each padded to its 30 s window.
+
+    `whisper.log_mel_spectrogram` takes a batch but clamps to the batch-wide maximum; this
+    clamps per clip, so an item's features do not depend on what it was batched with.
+    """
+    import torch
+    import whisper
+    from whisper.audio import HOP_LENGTH, N_FFT, N_SAMPLES, mel_filters
+
+    batch = np.zeros((len(audios), N_SAMPLES), dtype=np.float32)
+    for i, a in enumerate(audios):
+        a = a[:N_SAMPLES]
+        batch[i, : a.size] = a
+    audio = torch.from_numpy(batch).to(device)
+    window = torch.hann_window(N_FFT, device=audio.device)
+    stft = torch.stft(audio, N_FFT, HOP_LENGTH, window=window, return_complex=True)
+    magnitudes = stft[..., :-1].abs() ** 2
+    mel = mel_filters(audio.device, n_mels) @ magnitudes
+    log_spec = torch.clamp(mel, min=1e-10).log10()
+    log_spec = torch.maximum(log_spec, log_spec.amax(dim=(-2, -1), keepdim=True) - 8.0)
+    mel = (log_spec + 4.0) / 4.0
+    assert mel.shape[-1] == whisper.audio.N_FRAMES
+    return mel
+
+
 class AsrEngine:
-    def __init__(self, model_name: str, model_dir, device: str = "auto") -> None:
+    def __init__(
+        self,
+        model_name: str,
+        model_dir,
+        device: str = "auto",
+        max_batch: int = DEFAULT_MAX_BATCH,
+        sequential: bool = False,
+    ) -> None:
         self.model_name = model_name
         self.model_dir = model_dir
         self.requested_device = device
+        self.max_batch = 1 if sequential else max_batch
         self.device: str | None = None
         self.model = None
         self.multilingual = False
-        self._queue: Queue[Job | None] = Queue(maxsize=MAX_QUEUED)
-        self._pool = ThreadPool(1)  # the inference thread: one model, one decode at a time
-        self._worker: gevent.Greenlet | None = None
-        self._busy = False
-        self.stats = {"transcribed": 0, "dropped_no_speech": 0, "rejected_queue_full": 0}
+        self._lock = _allocate_lock()
+        self._finals: deque[Request] = deque()
+        self._partials: dict[Any, Request] = {}  # newest per stream
+        self._wake: _queue.SimpleQueue = _queue.SimpleQueue()
+        self._results: ThreadToHub[tuple[Callable[[Outcome], None], Outcome]] = ThreadToHub(
+            maxlen=MAX_QUEUED_FINALS * 4  # never reached: at most one result per request
+        )
+        self._deliverer: gevent.Greenlet | None = None
+        self._loaded = Event()
+        self._load_error: BaseException | None = None
+        self._closed = False
+        self._busy_since: float | None = None
+        self._idle_at = time.monotonic()  # last time the worker found nothing to do
+        self._started_at = time.monotonic()
+        self.stats: dict[str, float] = {
+            "finals": 0,
+            "partials": 0,
+            "batches": 0,
+            "batch_items": 0,
+            "max_batch_seen": 0,
+            "busy_s": 0.0,
+            "fallbacks": 0,
+            "errors": 0,
+            "rejected_queue_full": 0,
+            "partials_superseded": 0,
+            "partials_skipped_busy": 0,
+            "partials_stale": 0,
+            "partials_filtered": 0,
+            **{f"dropped_{reason}": 0 for reason in filters.REASONS},
+        }
 
     # -- life cycle ---------------------------------------------------------------------
 
     def load(self) -> None:
-        """Load and warm the model on the inference thread (the hub stays responsive)."""
+        """Load and warm the model on the worker thread; the calling greenlet waits, the
+        hub does not."""
         started = time.monotonic()
-        self._pool.apply(self._load)
+        self._deliverer = gevent.spawn(self._deliver)
+        _start_new_thread(self._thread_main, ())
+        self._loaded.wait()
+        if self._load_error is not None:
+            raise self._load_error
         log.info(
-            "model %s loaded on %s in %.1f s",
+            "model %s loaded on %s in %.1f s (max batch %d)",
             self.model_name,
             self.device,
             time.monotonic() - started,
+            self.max_batch,
         )
-        self._worker = gevent.spawn(self._run)
+
+    def _thread_main(self) -> None:
+        try:
+            self._load()
+        except BaseException as e:  # reported on the hub by load()
+            self._load_error = e
+        self._results.put_nowait((self._on_loaded, Outcome(text=None)))
+        if self._load_error is None:
+            self._loop()
+
+    def _on_loaded(self, _: Outcome) -> None:
+        self._loaded.set()
 
     def _load(self) -> None:
+        import torch
+
         from service.asr import weights
 
         self.device = pick_device(self.requested_device)
+        if self.device == "cpu":
+            # Leave a core to the hub (audio, VAD, sockets): intra-op threads that compete
+            # with it stall on their barriers, measured here as 2-4x slower decodes.
+            torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
         self.model = weights.load_model(self.model_name, self.model_dir, self.device)
         self.multilingual = bool(self.model.is_multilingual)
-        # A first decode pays one-off costs (allocations, kernels); pay them now.
-        self._transcribe(np.zeros(16_000, dtype=np.float32), "en")
+        # The first decodes pay one-off costs (allocations, kernel selection, lazy imports):
+        # pay them now, through the same batched path, at one and at several items.
+        # On a CPU a batch costs in proportion to its size, so two items warm every path.
+        quiet = np.zeros(16_000 * 2, dtype=np.float32)
+        sizes = {1, self.max_batch} if self.fp16 else {1, min(2, self.max_batch)}
+        for n in sorted(sizes):
+            reqs = [
+                Request("final", quiet, None if self.multilingual else "en", "transcribe", _noop)
+                for _ in range(n)
+            ]
+            self.decode_batch(reqs)
+        self.reset_stats()
 
     @property
     def loaded(self) -> bool:
-        return self.model is not None
+        return self._loaded.is_set() and self._load_error is None
 
     @property
     def fp16(self) -> bool:
@@ -107,98 +228,208 @@ class AsrEngine:
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize() + (1 if self._busy else 0)
+        with self._lock:
+            return len(self._finals) + len(self._partials) + (1 if self._busy_since else 0)
+
+    def utilisation(self) -> float:
+        """Share of wall time since start (or the last reset) the worker spent decoding."""
+        busy = self.stats["busy_s"]
+        if self._busy_since is not None:
+            busy += time.monotonic() - self._busy_since
+        return busy / max(1e-9, time.monotonic() - self._started_at)
+
+    def reset_stats(self) -> None:
+        for key in self.stats:
+            self.stats[key] = 0
+        self._started_at = time.monotonic()
 
     def close(self) -> None:
-        if self._worker is not None:
-            self._worker.kill()
-        self._pool.kill()
+        self._closed = True
+        self._wake.put(None)
+        if self._deliverer is not None:
+            self._deliverer.kill()
+        self._results.close()
 
-    # -- work ---------------------------------------------------------------------------
+    # -- hub side -----------------------------------------------------------------------
 
-    def submit(self, job: Job) -> bool:
-        """Queue an utterance; False (and logged) if the queue is full."""
-        try:
-            self._queue.put_nowait(job)
-            return True
-        except Full:
-            self.stats["rejected_queue_full"] += 1
-            log.warning("ASR queue full: dropped an utterance of %s", job.label)
+    def submit(self, request: Request) -> bool:
+        """Queue a request; False when it cannot be taken (queue full, counted and logged,
+        or no model). A partial replaces the same stream's queued partial; a final drops it."""
+        if self._closed or not self.loaded:
             return False
+        if request.kind == "partial" and self.saturated:
+            self.stats["partials_skipped_busy"] += 1
+            return False
+        superseded = None
+        with self._lock:
+            if request.kind == "final":
+                if len(self._finals) >= MAX_QUEUED_FINALS:
+                    full = True
+                else:
+                    full = False
+                    self._finals.append(request)
+                    superseded = self._partials.pop(request.stream, None)
+            else:
+                full = False
+                superseded = self._partials.pop(request.stream, None)
+                self._partials[request.stream] = request
+        if full:
+            self.stats["rejected_queue_full"] += 1
+            log.warning("ASR queue full: dropped an utterance of %s", request.label)
+            return False
+        if superseded is not None:
+            self.stats["partials_superseded"] += 1
+            superseded.on_done(Outcome(text=None, dropped="superseded"))
+        self._wake.put(None)
+        return True
 
-    def _run(self) -> None:
+    @property
+    def saturated(self) -> bool:
+        """Busy without a break for a while: finals alone fill the worker, so partials
+        would only make them later."""
+        return (
+            self._busy_since is not None and time.monotonic() - self._idle_at > SATURATED_S
+        ) or bool(self._finals)
+
+    def _deliver(self) -> None:
         while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            self._busy = True
-            try:
-                results = self._pool.apply(self._job, (job,))
-            except Exception:
-                log.exception("transcription failed for %s", job.label)
-                results = []
-            finally:
-                self._busy = False
-            try:
-                job.on_result(results)
-            except Exception:
-                log.exception("storing transcription of %s failed", job.label)
-
-    def _job(self, job: Job) -> list[SegmentResult]:
-        utt = job.utterance
-        out = []
-        for seg in self._transcribe(utt.audio, job.language):
-            text = seg["text"].strip()
-            if _NO_WORDS.match(text):
+            item = self._results.get()
+            if item is None:
+                if self._results._closed:
+                    return
                 continue
-            if (
-                seg["no_speech_prob"] > NO_SPEECH_THRESHOLD
-                and seg["avg_logprob"] < LOGPROB_THRESHOLD
-            ):
-                self.stats["dropped_no_speech"] += 1
-                log.info("dropped %r from %s: Whisper judged it non-speech", text, job.label)
+            callback, outcome = item
+            self._count(outcome)
+            try:
+                callback(outcome)
+            except Exception:
+                log.exception("an ASR result callback failed")
+
+    def _count(self, o: Outcome) -> None:
+        if o.dropped == "stale":
+            self.stats["partials_stale"] += 1
+        elif o.dropped == "error":
+            self.stats["errors"] += 1
+
+    # -- worker thread ------------------------------------------------------------------
+
+    def _take(self) -> tuple[list[Request], list[Request]]:
+        """Up to max_batch requests: finals first, then the freshest partials; stale
+        partials are returned separately to be reported as dropped."""
+        now = time.monotonic()
+        with self._lock:
+            batch: list[Request] = []
+            while self._finals and len(batch) < self.max_batch:
+                batch.append(self._finals.popleft())
+            stale = [r for r in self._partials.values() if now - r.queued_at > PARTIAL_STALE_S]
+            for r in stale:
+                del self._partials[r.stream]
+            if len(batch) < self.max_batch and self._partials:
+                fresh = sorted(self._partials.values(), key=lambda r: r.queued_at)
+                for r in fresh[: self.max_batch - len(batch)]:
+                    del self._partials[r.stream]
+                    batch.append(r)
+            return batch, stale
+
+    def _loop(self) -> None:
+        while not self._closed:
+            batch, stale = self._take()
+            for r in stale:
+                self._results.put_nowait((r.on_done, Outcome(text=None, dropped="stale")))
+            if not batch:
+                self._idle_at = time.monotonic()
+                with contextlib.suppress(_queue.Empty):
+                    self._wake.get(timeout=0.5)
                 continue
-            start = utt.start_s + float(seg["start"])
-            end = min(utt.start_s + float(seg["end"]), utt.end_s)
-            out.append(
-                SegmentResult(
-                    start_s=round(start, 3),
-                    end_s=round(max(start, end), 3),
-                    text=text,
-                    language=seg.get("language"),
-                    avg_logprob=float(seg["avg_logprob"]),
-                    no_speech_prob=float(seg["no_speech_prob"]),
-                    compression_ratio=float(seg["compression_ratio"]),
-                )
-            )
-        self.stats["transcribed"] += 1
-        log.debug(
-            "%s: %.1f s utterance transcribed %.2f s after it was queued",
-            job.label,
-            utt.end_s - utt.start_s,
-            time.monotonic() - job.queued_at,
-        )
-        return out
+            started = time.monotonic()
+            self._busy_since = started
+            try:
+                outcomes = self.decode_batch(batch)
+            except Exception as e:  # a bad batch must not kill the worker
+                outcomes = [Outcome(text=None, dropped="error", error=repr(e)) for _ in batch]
+            took = time.monotonic() - started
+            self._busy_since = None
+            self.stats["busy_s"] += took
+            self.stats["batches"] += 1
+            self.stats["batch_items"] += len(batch)
+            self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(batch))
+            for r, o in zip(batch, outcomes, strict=True):
+                o.queued_s = started - r.queued_at
+                o.decode_s = took
+                o.batch = len(batch)
+                self.stats["finals" if r.kind == "final" else "partials"] += 1
+                if o.dropped and r.kind == "final" and o.dropped != "error":
+                    self.stats[f"dropped_{o.dropped}"] += 1
+                elif o.dropped and r.kind == "partial":
+                    self.stats["partials_filtered"] += 1
+                self._results.put_nowait((r.on_done, o))
 
-    def _transcribe(self, audio: np.ndarray, language: str | None) -> list[dict]:
-        import whisper
+    def decode_batch(self, batch: list[Request]) -> list[Outcome]:
+        """One encoder pass for the batch, then greedy decoding per (language, task)."""
+        import torch
+        from whisper.decoding import DecodingOptions, decode
+        from whisper.tokenizer import get_tokenizer
 
-        if not self.multilingual:
-            language = "en"
-        result = whisper.transcribe(
-            self.model,
-            audio,
-            language=language,
-            fp16=self.fp16,
-            temperature=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
-            compression_ratio_threshold=COMPRESSION_RATIO_THRESHOLD,
-            logprob_threshold=LOGPROB_THRESHOLD,
-            no_speech_threshold=NO_SPEECH_THRESHOLD,
-            # Each utterance stands alone: conditioning on earlier text is how Whisper
-            # carries a hallucination from one window into the next.
-            condition_on_previous_text=False,
-            verbose=None,
-        )
-        for seg in result["segments"]:
-            seg["language"] = result.get("language") or language
-        return result["segments"]
+        model = self.model
+        assert model is not None
+        with torch.no_grad():
+            mel = batched_log_mel([r.audio for r in batch], model.dims.n_mels, self.device)
+            if self.fp16:
+                mel = mel.half()
+            features = model.embed_audio(mel)
+            languages = [r.language if self.multilingual else "en" for r in batch]
+            unknown = [i for i, lang in enumerate(languages) if lang is None]
+            if unknown:
+                tokenizer = get_tokenizer(True, num_languages=model.num_languages)
+                _, probs = model.detect_language(features[unknown], tokenizer)
+                for i, p in zip(unknown, probs, strict=True):
+                    languages[i] = max(p, key=p.get)
+
+            outcomes: list[Outcome | None] = [None] * len(batch)
+            groups: dict[tuple[str, str], list[int]] = {}
+            for i, r in enumerate(batch):
+                task = r.task if self.multilingual else "transcribe"
+                groups.setdefault((languages[i], task), []).append(i)
+            for (language, task), idx in groups.items():
+                durations = [batch[i].audio.size / 16_000 for i in idx]
+                sample_len = min(224, filters.max_tokens(max(durations)) + 1)
+                todo = idx
+                for temperature in (0.0, *FALLBACK_TEMPERATURES):
+                    opts = DecodingOptions(
+                        task=task,
+                        language=language,
+                        temperature=temperature,
+                        sample_len=sample_len,
+                        without_timestamps=True,
+                        fp16=self.fp16,
+                    )
+                    results = decode(model, features[todo], opts)
+                    retry = []
+                    for i, res in zip(todo, results, strict=True):
+                        duration = batch[i].audio.size / 16_000
+                        # Only finals earn a second try: a partial is soon replaced anyway.
+                        last = (
+                            temperature == FALLBACK_TEMPERATURES[-1] or batch[i].kind == "partial"
+                        )
+                        verdict = filters.judge(res, duration, last)
+                        if verdict.retry and not last:
+                            retry.append(i)
+                            continue
+                        outcomes[i] = Outcome(
+                            text=None if verdict.reason else res.text.strip(),
+                            dropped=verdict.reason,
+                            language=language,
+                            avg_logprob=round(float(res.avg_logprob), 4),
+                            no_speech_prob=round(float(res.no_speech_prob), 4),
+                            compression_ratio=round(float(res.compression_ratio), 4),
+                            temperature=temperature,
+                        )
+                    if not retry:
+                        break
+                    self.stats["fallbacks"] += len(retry)
+                    todo = retry
+        return [o if o is not None else Outcome(text=None, dropped="error") for o in outcomes]
+
+
+def _noop(_: Outcome) -> None:
+    pass

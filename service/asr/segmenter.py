@@ -11,9 +11,9 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-import webrtcvad
 
-from service.audio.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE, to_float32
+from service.asr.vad import make_vad
+from service.audio.frames import FRAME_MS, FRAME_SAMPLES, to_float32
 
 
 @dataclass(frozen=True)
@@ -21,11 +21,14 @@ class Utterance:
     start_s: float  # seconds from the start of the stream
     end_s: float
     audio: np.ndarray  # float32 mono 16 kHz, pre-roll included
+    speech_end_s: float | None = None  # end of the last voiced frame (for latency figures)
 
 
 @dataclass(frozen=True)
 class SegmenterConfig:
-    aggressiveness: int = 2
+    vad: str = "silero"  # "silero" | "webrtc": see service/asr/vad.py and the README
+    aggressiveness: int = 2  # webrtcvad only
+    silero_threshold: float = 0.5  # Silero only: speech probability that counts as voiced
     end_silence_ms: int = 500  # this much non-speech closes an utterance
     max_utterance_s: float = 15.0
     pre_roll_ms: int = 300  # kept before the trigger so first syllables are not cut
@@ -43,7 +46,7 @@ class Segmenter:
 
     def __init__(self, config: SegmenterConfig | None = None) -> None:
         self.config = c = config or SegmenterConfig()
-        self._vad = webrtcvad.Vad(c.aggressiveness)
+        self._vad = make_vad(c.vad, c.aggressiveness, c.silero_threshold)
         self._pre_roll: deque[np.ndarray] = deque(maxlen=max(1, c.pre_roll_ms // FRAME_MS))
         self._recent: deque[bool] = deque(maxlen=c.start_window)
         self._frames: list[np.ndarray] = []
@@ -51,6 +54,7 @@ class Segmenter:
         self._silent_run = 0
         self._start_frame = 0  # frame index of the utterance's first kept frame
         self._frame_index = 0
+        self._last_voiced = 0  # frame index of the newest voiced frame
         self._end_frames = max(1, c.end_silence_ms // FRAME_MS)
         self._max_frames = int(c.max_utterance_s * 1000 / FRAME_MS)
 
@@ -58,12 +62,30 @@ class Segmenter:
     def in_speech(self) -> bool:
         return bool(self._frames)
 
+    @property
+    def open_frames(self) -> int:
+        """Frames of the utterance in progress (0 when none is open)."""
+        return len(self._frames)
+
+    def open_utterance(self) -> Utterance | None:
+        """The utterance in progress as it stands, for a provisional (partial) transcript."""
+        if not self._frames:
+            return None
+        keep = len(self._frames) - max(0, self._silent_run - 10)
+        return Utterance(
+            start_s=self._start_frame * FRAME_MS / 1000,
+            end_s=(self._start_frame + keep) * FRAME_MS / 1000,
+            audio=to_float32(np.concatenate(self._frames[:keep])),
+        )
+
     def push(self, pcm: np.ndarray) -> Utterance | None:
         if pcm.shape != (FRAME_SAMPLES,):
             raise ValueError(f"expected one {FRAME_MS} ms frame of {FRAME_SAMPLES} samples")
         index = self._frame_index
         self._frame_index += 1
-        voiced = self._vad.is_speech(pcm.tobytes(), SAMPLE_RATE)
+        voiced = self._vad.is_speech(pcm)
+        if voiced:
+            self._last_voiced = index
 
         if not self._frames:
             self._recent.append(voiced)
@@ -120,8 +142,10 @@ class Segmenter:
         if voiced * FRAME_MS < self.config.min_speech_ms:
             return None
         audio = to_float32(np.concatenate(frames))
+        end = start + len(frames)
         return Utterance(
             start_s=start * FRAME_MS / 1000,
-            end_s=(start + len(frames)) * FRAME_MS / 1000,
+            end_s=end * FRAME_MS / 1000,
             audio=audio,
+            speech_end_s=min(self._last_voiced + 1, end) * FRAME_MS / 1000,
         )

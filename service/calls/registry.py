@@ -66,6 +66,13 @@ class Registry:
                 f"model {self.node.settings.model} is English-only; "
                 f"language {options.language!r} needs a multilingual model (IM_MODEL=base)",
             )
+        if options.task == "translate" and engine is not None and not engine.multilingual:
+            raise CallError(
+                422,
+                "unsupported_task",
+                f"model {self.node.settings.model} is English-only and cannot translate; "
+                "use a multilingual model (IM_MODEL=base)",
+            )
         try:
             source = open_source(options.input)
             sink = open_sink(options.output)
@@ -122,6 +129,7 @@ class Registry:
             output=None if o.output is None else str(o.output),
             language=o.language,
             transcribe=o.transcribe,
+            task=o.task,
             frames_sent=0,
             frames_received=0,
             bytes_sent=0,

@@ -22,8 +22,7 @@ import gevent
 import numpy as np
 from gevent.event import Event
 
-from service.asr.engine import Job, SegmentResult
-from service.asr.segmenter import Segmenter, Utterance
+from service.asr.stream import FinalSegment, StreamTranscriber
 from service.audio.frames import FRAME_SAMPLES
 from service.audio.sinks import Sink
 from service.audio.sources import Source
@@ -61,6 +60,7 @@ class CallOptions:
     output: str
     language: str | None
     transcribe: bool
+    task: str = "transcribe"  # or "translate" (to English; needs a multilingual model)
 
 
 # The codecs this node's audio path sends and plays; the hello advertises them so that the
@@ -82,7 +82,7 @@ def _left(deadline: float) -> float:
 SEGMENT_FIGURES = ("text", "language", "avg_logprob", "no_speech_prob", "compression_ratio")
 
 
-def _figures(segment: SegmentResult | p.Transcript) -> dict[str, Any]:
+def _figures(segment: FinalSegment | p.Transcript) -> dict[str, Any]:
     return {name: getattr(segment, name) for name in SEGMENT_FIGURES}
 
 
@@ -123,11 +123,8 @@ class CallSession:
         self._listener: socket | None = None
         self._ending = False
         self._claimed = False
-        self._segmenters: dict[str, Segmenter] = {}
+        self._streams: dict[str, StreamTranscriber] = {}
         self._numbers = {"local": 0, "remote": 0}
-        self._pending_asr = 0
-        self._asr_idle = Event()
-        self._asr_idle.set()
         self.rejected_connections = 0
         self.segments_stored = {"local": 0, "remote": 0}
         self.events = EventBus()
@@ -301,12 +298,11 @@ class CallSession:
             connected_at=datetime.fromtimestamp(self.connected_at, UTC),
             peer_address=self.peer_address,
         )
-        config = self.node.segmenter_config
         if self.transcribing:
-            self._segmenters["local"] = Segmenter(config)
+            self._streams["local"] = self._stream("local")
             # The peer will not transcribe its microphone: do it here from what we hear.
             if not hello.transcribes:
-                self._segmenters["remote"] = Segmenter(config)
+                self._streams["remote"] = self._stream("remote")
         self._spawn(self._send_loop)
         self._spawn(self._recv_loop)
 
@@ -360,56 +356,82 @@ class CallSession:
 
     # -- transcription ------------------------------------------------------------------
 
-    def _feed(self, speaker: str, pcm: np.ndarray) -> None:
-        segmenter = self._segmenters.get(speaker)
-        if segmenter is None or pcm.shape != (FRAME_SAMPLES,):
-            return
-        utterance = segmenter.push(pcm)
-        if utterance is not None:
-            self._submit(speaker, utterance)
-
-    def _submit(self, speaker: str, utterance: Utterance) -> None:
-        engine = self.node.engine
-        assert engine is not None
-        job = Job(
-            utterance=utterance,
+    def _stream(self, speaker: str) -> StreamTranscriber:
+        node = self.node
+        assert node.engine is not None
+        return StreamTranscriber(
+            node.engine,
+            node.segmenter_config,
+            on_final=lambda no, segments: self._on_final(speaker, no, segments),
+            on_partial=lambda no, text, start, end: self._publish(
+                "partial",
+                {"speaker": speaker, "utterance": no, "text": text, "start": start, "end": end},
+            ),
             language=self.options.language,
-            on_result=lambda results: self._on_results(speaker, results),
+            task=self.options.task,
+            partial_interval_s=node.settings.partial_interval_s,
             label=f"call {self.id} ({speaker})",
         )
-        if engine.submit(job):
-            self._pending_asr += 1
-            self._asr_idle.clear()
 
-    def _on_results(self, speaker: str, results: list[SegmentResult]) -> None:
-        try:
-            for r in results:
-                number = self._numbers[speaker]
-                self._numbers[speaker] += 1
-                figures = _figures(r)
-                # Committed first: only a durable segment is reported to anyone.
-                self._store(speaker, number, r.start_s, r.end_s, figures)
-                if speaker == "local" and self.link is not None and not self.link.closed:
-                    with contextlib.suppress(LinkClosed):
-                        self.link.send(
-                            p.Transcript(no=number, start=r.start_s, end=r.end_s, **figures)
-                        )
-        finally:
-            self._pending_asr -= 1
-            if self._pending_asr == 0:
-                self._asr_idle.set()
+    @property
+    def _pending_asr(self) -> int:
+        return sum(s.pending for s in self._streams.values())
+
+    def _feed(self, speaker: str, pcm: np.ndarray) -> None:
+        stream = self._streams.get(speaker)
+        if stream is None or pcm.shape != (FRAME_SAMPLES,):
+            return
+        stream.push(pcm)
+
+    def _on_final(self, speaker: str, utterance: int, segments: list[FinalSegment]) -> None:
+        for r in segments:
+            number = self._numbers[speaker]
+            self._numbers[speaker] += 1
+            figures = _figures(r)
+            # Committed first: only a durable segment is reported to anyone.
+            self._store(speaker, number, r.start_s, r.end_s, figures, r.task, utterance)
+            if speaker == "local" and self.link is not None and not self.link.closed:
+                with contextlib.suppress(LinkClosed):
+                    self.link.send(p.Transcript(no=number, start=r.start_s, end=r.end_s, **figures))
 
     def _store_remote(self, t: p.Transcript) -> None:
-        if "remote" in self._segmenters:
+        if "remote" in self._streams:
             return  # we transcribe the peer ourselves; it said it would not
         self._store("remote", t.no, t.start, t.end, _figures(t))
 
     def _store(
-        self, speaker: str, number: int, start: float, end: float, figures: dict[str, Any]
+        self,
+        speaker: str,
+        number: int,
+        start: float,
+        end: float,
+        figures: dict[str, Any],
+        task: str | None = None,
+        utterance: int | None = None,
     ) -> None:
-        seg = SegmentIn(speaker=speaker, number=number, start_s=start, end_s=end, **figures)
-        if self.node.store.add_segment(self.id, seg) is not None:
-            self.segments_stored[speaker] += 1
+        """Commit a final, then (only then) publish it with its row id as the event id."""
+        seg = SegmentIn(
+            speaker=speaker, number=number, start_s=start, end_s=end, task=task, **figures
+        )
+        row = self.node.store.add_segment(self.id, seg)
+        if row is None:
+            return  # delivered twice: stored and published the first time
+        self.segments_stored[speaker] += 1
+        self._publish(
+            "final",
+            {
+                "speaker": speaker,
+                "utterance": utterance,
+                "number": number,
+                "id": row.id,
+                "text": figures["text"],
+                "start": start,
+                "end": end,
+                "language": figures["language"],
+                "task": task,
+            },
+            row.id,
+        )
 
     # -- ending -------------------------------------------------------------------------
 
@@ -427,11 +449,12 @@ class CallSession:
         was_connected = self.state == "connected"
         me = gevent.getcurrent()
         self.source.close()
-        for speaker, segmenter in self._segmenters.items():
-            utterance = segmenter.flush()
-            if utterance is not None:
-                self._submit(speaker, utterance)
-        if not self._asr_idle.wait(DRAIN_TIMEOUT_S):
+        for stream in self._streams.values():
+            stream.flush()
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        for stream in self._streams.values():
+            stream.idle.wait(max(0.0, deadline - time.monotonic()))
+        if self._pending_asr:
             log.warning(
                 "call %s: ended with %d utterances untranscribed", self.id, self._pending_asr
             )
@@ -491,6 +514,7 @@ class CallSession:
             "output": self.options.output,
             "language": self.options.language,
             "transcribe": self.options.transcribe,
+            "task": self.options.task,
             "created_at": _ts(self.created_at),
             "connected_at": _ts(self.connected_at),
             "ended_at": _ts(self.ended_at),
@@ -500,7 +524,7 @@ class CallSession:
                 "rejected_connections": self.rejected_connections,
                 "segments": dict(self.segments_stored),
                 "asr_pending": self._pending_asr,
-                "in_speech": any(s.in_speech for s in self._segmenters.values()),
+                "in_speech": any(s.in_speech for s in self._streams.values()),
                 "input": self.source.stats,
                 "output": self.sink.stats,
                 "link": self._link_stats(),

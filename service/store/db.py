@@ -117,6 +117,7 @@ class SegmentIn:
     avg_logprob: float | None = None
     no_speech_prob: float | None = None
     compression_ratio: float | None = None
+    task: str | None = None  # transcribe | translate; None when the peer did not say
 
 
 class Store:

@@ -65,6 +65,7 @@ class Call(Base):
     input: Mapped[str | None] = mapped_column(Text)
     output: Mapped[str | None] = mapped_column(Text)
     language: Mapped[str | None] = mapped_column(String(16))
+    task: Mapped[str | None] = mapped_column(String(16))  # transcribe | translate
     transcribe: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     connected_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -101,6 +102,7 @@ class Segment(Base):
     end_s: Mapped[float] = mapped_column(Float)
     text: Mapped[str] = mapped_column(Text)
     language: Mapped[str | None] = mapped_column(String(16))
+    task: Mapped[str | None] = mapped_column(String(16))  # transcribe | translate
     avg_logprob: Mapped[float | None] = mapped_column(Float)
     no_speech_prob: Mapped[float | None] = mapped_column(Float)
     compression_ratio: Mapped[float | None] = mapped_column(Float)

@@ -1,0 +1,90 @@
+"""Deciding whether a decoded candidate is speech worth keeping, and saying why not.
+
+Whisper invents text where there is none ("Thanks for watching!", a line repeated to the
+end of the window). The voice activity detector keeps silence and noise from reaching the
+model at all; these checks catch what slips through, in this order:
+
+1. ``empty``: nothing but punctuation or blanks.
+2. ``no_speech``: Whisper's own rule (as in `whisper.transcribe`): the no-speech
+   probability is high *and* the text is not confidently decoded.
+3. ``repetition``: a language-agnostic loop detector on characters (any 1-30 character
+   unit repeated back to back 5+ times) and on tokens (the same n-gram 4+ times in a row);
+   it works for scripts without spaces too.
+4. ``too_long``: more tokens than any speaker produces in the audio's duration.
+5. ``compression_ratio``: Whisper's gzip-ratio threshold.
+
+3-5 and a low mean log-probability first ask for a decode at a higher temperature (as
+`whisper.transcribe` does); a candidate is dropped only when every temperature failed.
+
+No list of known phrases is used: it would only ever cover one language's favourite
+hallucinations, and would drop those words when someone really says them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+NO_SPEECH_THRESHOLD = 0.6
+LOGPROB_THRESHOLD = -1.0
+COMPRESSION_RATIO_THRESHOLD = 2.4
+TOKENS_PER_S = 20.0  # far beyond fast speech in any language (~5-10 tokens/s)
+TOKENS_SLACK = 10
+REASONS = ("empty", "no_speech", "repetition", "too_long", "compression_ratio")
+
+_NO_WORDS = re.compile(r"^[\W_]*$")
+_REPEATED_UNIT = re.compile(r"(.{1,30}?)(?:\s*\1){4,}", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    reason: str | None  # None: keep
+    retry: bool = False  # worth decoding again at a higher temperature
+
+
+def max_tokens(duration_s: float) -> int:
+    return int(TOKENS_SLACK + TOKENS_PER_S * duration_s)
+
+
+def repeated(text: str, tokens: list[int]) -> bool:
+    """A loop: a character unit 5+ times back to back, or a token n-gram 4+ times."""
+    squeezed = " ".join(text.split())
+    for m in _REPEATED_UNIT.finditer(squeezed):
+        unit = m.group(1).strip()
+        # Single characters repeated ("...", "!!!!!") are punctuation runs, not loops;
+        # a unit must carry a letter or digit.
+        if unit and any(c.isalnum() for c in unit) and len(m.group(0)) >= 8:
+            return True
+    for n in range(1, 5):
+        need = 6 if n == 1 else 4
+        for offset in range(n):
+            run = 1
+            for i in range(offset + n, len(tokens) - n + 1, n):
+                if tokens[i : i + n] == tokens[i - n : i]:
+                    run += 1
+                    if run >= need:
+                        return True
+                else:
+                    run = 1
+    return False
+
+
+def judge(result: Any, duration_s: float, last_try: bool) -> Verdict:
+    """`result` is a whisper.decoding.DecodingResult (text, tokens, figures). On the last
+    try a merely unconfident decode is kept, as `whisper.transcribe` keeps it: that is
+    hard speech more often than invented speech; loops and runaways are never kept."""
+    text = result.text.strip()
+    if _NO_WORDS.match(text):
+        return Verdict("empty")
+    if result.no_speech_prob > NO_SPEECH_THRESHOLD and result.avg_logprob < LOGPROB_THRESHOLD:
+        return Verdict("no_speech")
+    if len(result.tokens) > max_tokens(duration_s):
+        return Verdict("too_long", retry=True)
+    if repeated(text, list(result.tokens)):
+        return Verdict("repetition", retry=True)
+    if result.compression_ratio > COMPRESSION_RATIO_THRESHOLD:
+        return Verdict("compression_ratio", retry=True)
+    if result.avg_logprob < LOGPROB_THRESHOLD and not last_try:
+        return Verdict("low_logprob", retry=True)
+    return Verdict(None)

@@ -1,0 +1,198 @@
+"""One audio stream's transcription: segmenter, partial cadence and the commit of finals.
+
+A call has one per transcribed speaker; the benchmark drives the very same object, so what
+it measures is what a call does. Everything here runs on the hub; decoding happens on the
+engine's worker thread and comes back through `on_partial` / `on_final`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from gevent.event import Event
+
+from service.asr.engine import AsrEngine, Outcome, Request
+from service.asr.segmenter import Segmenter, SegmenterConfig, Utterance
+from service.audio.frames import FRAME_MS
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PARTIAL_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True)
+class FinalSegment:
+    start_s: float
+    end_s: float
+    text: str
+    language: str | None
+    task: str
+    avg_logprob: float | None
+    no_speech_prob: float | None
+    compression_ratio: float | None
+
+
+PartialHandler = Callable[[int, str, float, float], None]  # utterance, text, start, end
+FinalHandler = Callable[[int, list[FinalSegment]], None]  # utterance, segments (maybe none)
+
+
+class StreamTranscriber:
+    """Feed 20 ms frames with `push`; provisional text comes to `on_partial` about once per
+    `partial_interval_s` of new speech while an utterance is open (never more than one
+    partial in flight), and each ended utterance comes to `on_final` exactly once, in order,
+    with an empty list when nothing was kept (silence, or a candidate the filters dropped).
+    """
+
+    def __init__(
+        self,
+        engine: AsrEngine,
+        config: SegmenterConfig,
+        on_final: FinalHandler,
+        on_partial: PartialHandler | None = None,
+        language: str | None = None,
+        task: str = "transcribe",
+        partial_interval_s: float = DEFAULT_PARTIAL_INTERVAL_S,
+        label: str = "",
+    ) -> None:
+        self.engine = engine
+        self.segmenter = Segmenter(config)
+        self.language = language
+        self.task = task
+        self.label = label
+        self._on_final = on_final
+        self._on_partial = on_partial
+        self._partial_frames = (
+            max(1, int(partial_interval_s * 1000 / FRAME_MS)) if partial_interval_s > 0 else 0
+        )
+        self._utterance = 0  # number of the open (or next) utterance
+        self._frames_at_partial = 0  # open-utterance frames covered by the last partial request
+        self._partial_in_flight = False
+        self._finals_pending = 0
+        self.idle = Event()
+        self.idle.set()
+        # Figures a caller (or the benchmark) may read.
+        self.finals_committed = 0
+        self.finals_dropped = 0
+        self.finals_rejected = 0
+        self.partials_shown = 0
+        self.speech_end_at: dict[int, float] = {}  # utterance -> stream s of its last speech
+        self.final_at: dict[int, float] = {}  # utterance -> monotonic time its final arrived
+        self.partial_at: list[tuple[int, float]] = []  # (utterance, monotonic) per partial
+
+    @property
+    def pending(self) -> int:
+        """Finals submitted and not yet answered."""
+        return self._finals_pending
+
+    @property
+    def in_speech(self) -> bool:
+        return self.segmenter.in_speech
+
+    def push(self, pcm: np.ndarray) -> None:
+        utterance = self.segmenter.push(pcm)
+        if utterance is not None:
+            self._submit_final(utterance)
+        elif self._on_partial is not None and self._partial_frames:
+            frames = self.segmenter.open_frames
+            if (
+                frames - self._frames_at_partial >= self._partial_frames
+                and not self._partial_in_flight
+            ):
+                self._submit_partial(frames)
+
+    def flush(self) -> None:
+        """End of stream: the open utterance becomes a final (nothing said is dropped)."""
+        utterance = self.segmenter.flush()
+        if utterance is not None:
+            self._submit_final(utterance)
+
+    # -- requests -----------------------------------------------------------------------
+
+    def _submit_partial(self, frames: int) -> None:
+        open_utt = self.segmenter.open_utterance()
+        if open_utt is None:
+            return
+        number = self._utterance
+        self._frames_at_partial = frames
+        request = Request(
+            "partial",
+            open_utt.audio,
+            self.language,
+            self.task,
+            lambda o: self._partial_done(number, open_utt, o),
+            stream=self,
+            label=self.label,
+        )
+        if self.engine.submit(request):
+            self._partial_in_flight = True
+
+    def _partial_done(self, number: int, utt: Utterance, o: Outcome) -> None:
+        self._partial_in_flight = False
+        if o.text is None or number != self._utterance or self._on_partial is None:
+            return  # dropped, or its utterance has ended meanwhile: the final replaces it
+        self.partials_shown += 1
+        self.partial_at.append((number, time.monotonic()))
+        self._on_partial(number, o.text, utt.start_s, utt.end_s)
+
+    def _submit_final(self, utt: Utterance) -> None:
+        number = self._utterance
+        self._utterance += 1
+        self._frames_at_partial = 0
+        self.speech_end_at[number] = utt.speech_end_s if utt.speech_end_s is not None else utt.end_s
+        request = Request(
+            "final",
+            utt.audio,
+            self.language,
+            self.task,
+            lambda o: self._final_done(number, utt, o),
+            stream=self,
+            label=self.label,
+        )
+        if not self.engine.submit(request):
+            self.finals_rejected += 1
+            return
+        self._finals_pending += 1
+        self.idle.clear()
+
+    def _final_done(self, number: int, utt: Utterance, o: Outcome) -> None:
+        try:
+            self.final_at[number] = time.monotonic()
+            if o.text is None:
+                self.finals_dropped += 1
+                if o.dropped == "error":
+                    log.error("%s: utterance %d failed to decode: %s", self.label, number, o.error)
+                else:
+                    log.info(
+                        "%s: dropped utterance %d (%.1f-%.1f s) as %s (no_speech %.2f, "
+                        "logprob %.2f, compression %.2f)",
+                        self.label,
+                        number,
+                        utt.start_s,
+                        utt.end_s,
+                        o.dropped,
+                        o.no_speech_prob or 0.0,
+                        o.avg_logprob or 0.0,
+                        o.compression_ratio or 0.0,
+                    )
+                self._on_final(number, [])
+                return
+            self.finals_committed += 1
+            segment = FinalSegment(
+                start_s=round(utt.start_s, 3),
+                end_s=round(utt.end_s, 3),
+                text=o.text,
+                language=o.language,
+                task=self.task,
+                avg_logprob=o.avg_logprob,
+                no_speech_prob=o.no_speech_prob,
+                compression_ratio=o.compression_ratio,
+            )
+            self._on_final(number, [segment])
+        finally:
+            self._finals_pending -= 1
+            if self._finals_pending == 0:
+                self.idle.set()
