@@ -25,6 +25,29 @@ def segment_json(s: Segment) -> dict:
     }
 
 
+def next_cursor(segments: Sequence[Segment], since: int | None) -> str:
+    """A polling client's cursor: the highest segment id it has. A string, because it is
+    opaque to clients (today it is also the live feed's event id, which is text on the wire)."""
+    return str(max((s.id for s in segments), default=since or 0))
+
+
+def final_event(s: Segment) -> dict:
+    """A stored final as the live feed replays it: the same fields a live final carries.
+    `utterance` (what ties partials to their final) is not stored: a live thing only."""
+    return {
+        "call_id": s.call_id,
+        "id": s.id,
+        "speaker": s.speaker,
+        "utterance": None,
+        "number": s.number,
+        "text": s.text,
+        "start": s.start_s,
+        "end": s.end_s,
+        "language": s.language,
+        "task": s.task,
+    }
+
+
 def _clock(seconds: float, sep: str) -> str:
     ms = round(seconds * 1000)
     h, ms = divmod(ms, 3_600_000)

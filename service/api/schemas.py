@@ -53,10 +53,41 @@ class CreateSession(BaseModel):
         return self
 
 
+# Segment ids are SQLite/PostgreSQL 64-bit integers; a larger cursor is refused up front
+# rather than overflowing the query.
+MAX_SEGMENT_ID = 2**63 - 1
+
+
 class TranscriptQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     format: Literal["json", "text", "srt", "vtt"] = "json"
+    since: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_SEGMENT_ID,
+        description="json only: just the segments stored after this cursor (the previous "
+        "response's `next_cursor`, or an event id from the live feed)",
+    )
+
+    @model_validator(mode="after")
+    def _since_is_json_only(self) -> TranscriptQuery:
+        if self.since is not None and self.format != "json":
+            raise ValueError("`since` is for format=json, whose `next_cursor` is the next cursor")
+        return self
+
+
+class EventsQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    last_event_id: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_SEGMENT_ID,
+        description="replay the finals stored after this id first (the `Last-Event-ID` "
+        "header does the same and wins); default 0: every final of the call",
+    )
+    stats: bool = Field(True, description="send a `stats` event about once a second")
 
 
 class ErrorDetail(BaseModel):

@@ -139,16 +139,20 @@ def transcript(call_id: str, query: TranscriptQuery):
     """Both speakers in time order: `format` = json | text | srt | vtt.
 
     JSON: `{"call_id", "state", "segments": [{"id", "speaker", "start", "end", "text",
-    "language", "avg_logprob", "no_speech_prob", "compression_ratio", "created_at"}]}`.
+    "language", "avg_logprob", "no_speech_prob", "compression_ratio", "created_at"}],
+    "next_cursor"}`. Polling: pass `since=<next_cursor>` to get only the segments stored
+    since (segment ids grow in commit order, so nothing is skipped or repeated);
+    `next_cursor` is the highest id returned, or the cursor given when there is none new.
     """
     snapshot = _snapshot(call_id)
-    segments = _node().store.segments(call_id)
+    segments = _node().store.segments(call_id, after_id=query.since)
     if query.format == "json":
         return jsonify(
             {
                 "call_id": call_id,
                 "state": snapshot["state"],
                 "segments": [formats.segment_json(s) for s in segments],
+                "next_cursor": formats.next_cursor(segments, query.since),
             }
         )
     render, mimetype = {

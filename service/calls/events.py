@@ -5,6 +5,9 @@ a listener that reconnects with ``Last-Event-ID`` gets the finals it missed from
 store, and partials and states simply carry on live. Each listener has a bounded queue;
 one that cannot keep up is cut off (and can resume) rather than growing memory or
 slowing the call.
+
+Everything here runs on the gevent hub (gevent queues are not thread-safe): publish from
+a greenlet, never from a PortAudio or Whisper thread.
 """
 
 from __future__ import annotations
@@ -22,14 +25,15 @@ LISTENER_QUEUE = 256  # events one listener may be behind before it is cut off
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    kind: str  # "state" | "partial" | "final" | "stats"
+    kind: str  # "state" | "partial" | "final"
     data: dict[str, Any]
     id: int | None = None  # the stored segment id, for finals only
 
 
 class Listener:
-    def __init__(self, bus: EventBus, maxsize: int) -> None:
+    def __init__(self, bus: EventBus, maxsize: int, label: str) -> None:
         self._bus = bus
+        self.label = label
         self.queue: Queue[Event | None] = Queue(maxsize=maxsize)
         self.cut_off = False
 
@@ -39,6 +43,7 @@ class Listener:
         return self.queue.get(timeout=timeout)
 
     def close(self) -> None:
+        """Stop receiving (idempotent); what is still queued is dropped with the listener."""
         self._bus.unsubscribe(self)
 
 
@@ -49,10 +54,16 @@ class EventBus:
         self.closed = False
         self.listeners_cut_off = 0
 
-    def subscribe(self) -> Listener:
-        listener = Listener(self, self._max_queued + 1)  # room for the closing None
+    @property
+    def listeners(self) -> int:
+        return len(self._listeners)
+
+    def subscribe(self, label: str = "listener") -> Listener:
+        """A new listener sees every event published from now on; on a closed bus it
+        gets the end of its stream at once."""
+        listener = Listener(self, self._max_queued + 1, label)  # room for the closing None
         if self.closed:
-            listener.queue.put(None)
+            listener.queue.put_nowait(None)
         else:
             self._listeners.append(listener)
         return listener
@@ -78,7 +89,11 @@ class EventBus:
         listener.cut_off = True
         self.unsubscribe(listener)
         listener.queue.put_nowait(None)
-        log.warning("cut off a live-feed listener that fell %d events behind", self._max_queued)
+        log.warning(
+            "cut off %s: it fell %d events behind (it may resume)",
+            listener.label,
+            self._max_queued,
+        )
 
     def close(self) -> None:
         """The call is over: every listener gets the end of its stream."""

@@ -286,6 +286,7 @@ class CallSession:
         self.connected_at = time.time()
         self.state = "connected"
         log.info("call %s connected to %s", self.id, link.peer)
+        self._publish("state", {"state": "connected", "end_reason": None})
         try:
             self.source.start()
             self.sink.start()
@@ -475,6 +476,8 @@ class CallSession:
             **self._counters(),
         )
         log.info("call %s %s: %s", self.id, self.state, reason)
+        self._publish("state", {"state": self.state, "end_reason": reason})
+        self.events.close()  # live feeds end after the last state
         self.ended.set()
         self.node.registry.forget(self)
 
