@@ -6,11 +6,32 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# What CreateSession._mode_fields enforces, stated in the schema as well, so that clients
+# (and schemathesis) know a dial needs `peer` and `token`, a listen takes neither, and an
+# input device index is not negative.
+MODE_RULES = {
+    "allOf": [
+        {
+            "if": {"properties": {"mode": {"const": "dial"}}},
+            "then": {
+                "required": ["peer", "token"],
+                "properties": {
+                    "peer": {"type": "string", "minLength": 1},
+                    "token": {"type": "string"},
+                    "port": {"type": "null"},
+                },
+            },
+            "else": {"properties": {"peer": {"type": "null"}, "token": {"type": "null"}}},
+        },
+        {"properties": {"input": {"not": {"type": "integer", "maximum": -1}}}},
+    ]
+}
+
 
 class CreateSession(BaseModel):
     """Start a call: `listen` waits for a peer on a TCP port; `dial` calls one."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=lambda s: s.update(MODE_RULES))
 
     mode: Literal["listen", "dial"]
     port: int | None = Field(

@@ -134,7 +134,11 @@ def end_session(call_id: str):
 @bp.get("/sessions/<call_id>/transcript")
 # No 200 model: spectree would validate (and re-type as JSON) the text, SRT and WebVTT
 # bodies too. The JSON shape is written out in the docstring, which the document shows.
-@spec.validate(query=TranscriptQuery, resp=Resp(HTTP_404=ErrorBody), tags=[TAG])
+@spec.validate(
+    query=TranscriptQuery,
+    resp=Resp(HTTP_200=(None, "the transcript, as `format` asks"), HTTP_404=ErrorBody),
+    tags=[TAG],
+)
 def transcript(call_id: str, query: TranscriptQuery):
     """Both speakers in time order: `format` = json | text | srt | vtt.
 

@@ -6,7 +6,7 @@ from flask import Blueprint, current_app, jsonify
 from spectree import Response as Resp
 
 from service.api.schemas import DeviceList, Health
-from service.api.spec import spec
+from service.api.spec import openapi_document, spec
 
 bp = Blueprint("system", __name__)
 
@@ -47,4 +47,4 @@ def devices():
 @bp.get("/openapi.json")
 def openapi():
     """The OpenAPI document, generated from the same models that validate requests."""
-    return jsonify(spec.spec)
+    return jsonify(openapi_document())
