@@ -48,6 +48,7 @@ class Settings:
     vad_aggressiveness: int = 2
     utterance_end_silence_ms: int = 500
     max_utterance_s: float = 15.0
+    max_calls: int = 32
     partial_interval_s: float = 1.0
     asr_max_batch: int = 16
 
@@ -108,6 +109,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "Silence that ends an utterance, in milliseconds.",
     ),
     "max_utterance_s": ("IM_MAX_UTTERANCE_S", "Longest utterance sent to Whisper, in seconds."),
+    "max_calls": (
+        "IM_MAX_CALLS",
+        "Most calls (listening, connecting or connected) at once; more get 503 too_many_calls.",
+    ),
     "partial_interval_s": (
         "IM_PARTIAL_INTERVAL_S",
         "Seconds of new speech between live partial transcripts; 0 turns partials off.",
@@ -195,6 +200,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         if not 0 <= level <= 3:
             raise ConfigError(f"IM_VAD_AGGRESSIVENESS must be 0..3, got {v!r}")
         values["vad_aggressiveness"] = level
+    if (v := get("max_calls")) is not None:
+        most = _int("IM_MAX_CALLS", v)
+        if not 1 <= most <= 1000:
+            raise ConfigError(f"IM_MAX_CALLS must be 1..1000, got {v!r}")
+        values["max_calls"] = most
     if (v := get("utterance_end_silence_ms")) is not None:
         ms = _int("IM_UTTERANCE_END_SILENCE_MS", v)
         if not 100 <= ms <= 5000:

@@ -19,6 +19,24 @@ from typing import Any
 import requests
 
 
+def process_memory_kib(pid: int) -> dict[str, int]:
+    """``{"rss": ..., "peak": ...}`` in KiB. Linux's /proc gives the kernel's own
+    high-water mark (VmHWM), which catches a spike between two samples; elsewhere psutil
+    (when installed) gives the current RSS only, so the peak is what was sampled."""
+    status = Path(f"/proc/{pid}/status")
+    if status.exists():
+        fields = {}
+        for line in status.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0])  # "1234 kB"
+        return {"rss": fields["VmRSS"], "peak": fields["VmHWM"]}
+    import psutil  # not on Linux: the only other way to ask
+
+    rss = psutil.Process(pid).memory_info().rss // 1024
+    return {"rss": rss, "peak": rss}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -112,6 +130,42 @@ class NodeProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise NodeError(f"node {self.name} was never started")
+        return self.proc.pid
+
+    def freeze(self) -> None:
+        """SIGSTOP: the process stops reading and writing, but its sockets stay open —
+        a peer that hangs, as opposed to one that dies."""
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+
+    def restart(self, timeout: float = 180.0) -> NodeProcess:
+        """Start again on the same data directory and database (after kill() or stop()),
+        on a fresh API port so a port still held by the old process cannot get in the way."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise NodeError(f"node {self.name} is still running")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env["IM_API_PORT"] = str(self.port)
+        return self.start(timeout)
+
+    def memory_kib(self) -> dict[str, int]:
+        """Resident set size now and its peak (high-water mark), in KiB."""
+        return process_memory_kib(self.pid)
+
+    def log_lines(self, level: str = "ERROR") -> list[str]:
+        """Log lines at `level` (the format is "<time> LEVEL logger: message")."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return []
+        return [line for line in text.splitlines() if f" {level} " in line]
 
     def __enter__(self) -> NodeProcess:
         return self.start()

@@ -25,6 +25,7 @@ from service.store.models import Call
 
 bp = Blueprint("sessions", __name__)
 TAG = "sessions"
+RETRY_AFTER_S = 10  # a full node frees a place when a call ends; calls last minutes
 
 
 def _node() -> Node:
@@ -73,7 +74,13 @@ def _snapshot(call_id: str) -> dict[str, Any]:
 @bp.post("/sessions")
 @spec.validate(
     json=CreateSession,
-    resp=Resp(HTTP_201=SessionOut, HTTP_400=ErrorBody, HTTP_409=ErrorBody, HTTP_422=ErrorBody),
+    resp=Resp(
+        HTTP_201=SessionOut,
+        HTTP_400=ErrorBody,
+        HTTP_409=ErrorBody,
+        HTTP_422=ErrorBody,
+        HTTP_503=ErrorBody,
+    ),
     tags=[TAG],
 )
 def create_session(json: CreateSession):
@@ -92,7 +99,9 @@ def create_session(json: CreateSession):
         else:
             session = node.registry.dial(json.peer, json.token, options)
     except CallError as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from None
+        # 503 (the node is at IM_MAX_CALLS) is temporary: say when to look again.
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if exc.status == 503 else None
+        raise ApiError(exc.status, exc.code, exc.message, headers=headers) from None
     body = session.snapshot()
     if session.mode == "listen":
         body["token"] = session.token  # shown once: the peer dials with it

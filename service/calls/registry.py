@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from gevent import socket as gsocket
@@ -34,6 +36,32 @@ class Registry:
     def __init__(self, node: Node) -> None:
         self.node = node
         self._live: dict[str, CallSession] = {}
+        # Calls being created right now: a dial resolves its peer (which yields), so two
+        # requests could otherwise both pass the limit check and both be admitted.
+        self._admitting = 0
+        self.refused_too_many = 0
+
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        """Hold one of the node's ``max_calls`` places while a call is created.
+
+        Every call costs a socket, two greenlets, an audio source and sink and a share of
+        the one ASR worker, so past the limit a new call would degrade the ones already
+        up; it is refused before anything is opened or stored."""
+        most = self.node.settings.max_calls
+        if len(self._live) + self._admitting >= most:
+            self.refused_too_many += 1
+            log.warning("refused a new call: %d calls is this node's limit", most)
+            raise CallError(
+                503,
+                "too_many_calls",
+                f"this node already has {most} calls (IM_MAX_CALLS); end one or retry later",
+            )
+        self._admitting += 1
+        try:
+            yield
+        finally:
+            self._admitting -= 1
 
     def get(self, call_id: str) -> CallSession | None:
         return self._live.get(call_id)
@@ -81,6 +109,14 @@ class Registry:
         return CallSession(self.node, uuid.uuid4().hex, mode, options, source, sink, token)
 
     def listen(self, port: int | None, options: CallOptions) -> CallSession:
+        with self._slot():
+            return self._listen(port, options)
+
+    def dial(self, peer: str, token: str, options: CallOptions) -> CallSession:
+        with self._slot():
+            return self._dial(peer, token, options)
+
+    def _listen(self, port: int | None, options: CallOptions) -> CallSession:
         settings = self.node.settings
         port = settings.call_port if port is None else port
         session = self._session("listen", options, new_token())
@@ -103,7 +139,7 @@ class Registry:
         session.listen(listener, address)
         return session
 
-    def dial(self, peer: str, token: str, options: CallOptions) -> CallSession:
+    def _dial(self, peer: str, token: str, options: CallOptions) -> CallSession:
         try:
             host, port = parse_address(peer)
         except ValueError as exc:
