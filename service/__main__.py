@@ -60,8 +60,10 @@ def main() -> int:
     gevent.signal_handler(signal.SIGINT, stop.set)
     stop.wait()
     log.info("shutting down: ending live calls")
-    server.stop(timeout=5)
+    # Calls first: each one drains its last transcription, says bye and closes its live
+    # feeds with a final state event; only then do the HTTP connections go.
     node.close()
+    server.stop(timeout=5)
     return 0
 
 

@@ -48,9 +48,12 @@ class Settings:
     vad_aggressiveness: int = 2
     utterance_end_silence_ms: int = 500
     max_utterance_s: float = 15.0
-    max_calls: int = 32
     partial_interval_s: float = 1.0
     asr_max_batch: int = 16
+    max_calls: int = 32
+    codecs: tuple[str, ...] = ("opus", "pcm16")  # what this node sends and plays, preferred first
+    opus_bitrate: int = 20_000
+    opus_frame_ms: int = 20
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -109,10 +112,6 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "Silence that ends an utterance, in milliseconds.",
     ),
     "max_utterance_s": ("IM_MAX_UTTERANCE_S", "Longest utterance sent to Whisper, in seconds."),
-    "max_calls": (
-        "IM_MAX_CALLS",
-        "Most calls (listening, connecting or connected) at once; more get 503 too_many_calls.",
-    ),
     "partial_interval_s": (
         "IM_PARTIAL_INTERVAL_S",
         "Seconds of new speech between live partial transcripts; 0 turns partials off.",
@@ -121,6 +120,16 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "IM_ASR_MAX_BATCH",
         "Most utterances (of all calls) the ASR worker decodes in one batch.",
     ),
+    "max_calls": (
+        "IM_MAX_CALLS",
+        "Most calls (listening, connecting or connected) at once; more get 503 too_many_calls.",
+    ),
+    "codecs": (
+        "IM_CODECS",
+        "Audio codecs this node offers, comma-separated: `opus,pcm16` (default) or `pcm16`.",
+    ),
+    "opus_bitrate": ("IM_OPUS_BITRATE", "Opus bitrate in bit/s, 16000 to 24000."),
+    "opus_frame_ms": ("IM_OPUS_FRAME_MS", "Opus frame length: 20 (default) or 10 ms."),
 }
 
 
@@ -205,6 +214,20 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         if not 1 <= most <= 1000:
             raise ConfigError(f"IM_MAX_CALLS must be 1..1000, got {v!r}")
         values["max_calls"] = most
+    if (v := get("codecs")) is not None:
+        offered = tuple(c.strip().lower() for c in v.split(",") if c.strip())
+        if not offered or any(c not in ("opus", "pcm16") for c in offered):
+            raise ConfigError(f"IM_CODECS must list opus and/or pcm16, got {v!r}")
+        values["codecs"] = tuple(dict.fromkeys(offered))
+    if (v := get("opus_bitrate")) is not None:
+        bitrate = _int("IM_OPUS_BITRATE", v)
+        if not 16_000 <= bitrate <= 24_000:
+            raise ConfigError(f"IM_OPUS_BITRATE must be 16000..24000, got {v!r}")
+        values["opus_bitrate"] = bitrate
+    if (v := get("opus_frame_ms")) is not None:
+        if v not in ("10", "20"):
+            raise ConfigError(f"IM_OPUS_FRAME_MS must be 10 or 20, got {v!r}")
+        values["opus_frame_ms"] = int(v)
     if (v := get("utterance_end_silence_ms")) is not None:
         ms = _int("IM_UTTERANCE_END_SILENCE_MS", v)
         if not 100 <= ms <= 5000:

@@ -72,13 +72,15 @@ class NodeProcess:
             **(env or {}),
         }
         self.proc: subprocess.Popen | None = None
+        # e.g. ["ip", "netns", "exec", NAME] to run the node in another network namespace
+        self.command_prefix: list[str] = []
         self.http = requests.Session()
 
     def start(self, timeout: float = 180.0) -> NodeProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service"],
+            [*self.command_prefix, sys.executable, "-m", "service"],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -71,7 +71,8 @@ def test_right_token_connects_and_keepalive_measures_the_round_trip(nodes):
     wait_state(listening, {"connected"})
     assert dialing.peer_hello is not None and listening.peer_hello is not None
     assert dialing.peer_hello.nonce != listening.peer_hello.nonce
-    assert p.choose_codec(dialing.peer_hello.codecs, listening.peer_hello.codecs) == "pcm16"
+    # Both offer Opus by default, so both send it.
+    assert dialing.codec == listening.codec == "opus"
     wait_until(
         lambda: dialing.link.stats.pongs_received >= 1 and listening.link.stats.pongs_received >= 1,
         what="a pong each way",
@@ -283,3 +284,26 @@ def test_two_right_callers_at_once_only_one_connects(nodes):
     assert sorted(c.state for c in calls) == ["connected", "failed"]
     for c in calls:
         c.end()
+
+
+@pytest.mark.parametrize("pcm_only", ["dialer", "listener"])
+def test_a_node_without_opus_gets_pcm16_both_ways(tmp_path, pcm_only):
+    a = make_node(tmp_path, "a", **({"IM_CODECS": "pcm16"} if pcm_only == "listener" else {}))
+    b = make_node(tmp_path, "b", **({"IM_CODECS": "pcm16"} if pcm_only == "dialer" else {}))
+    try:
+        listening = listen(a)
+        dialing = dial(b, listening.local_address, listening.token)
+        wait_state(dialing, {"connected"})
+        wait_state(listening, {"connected"})
+        assert dialing.codec == listening.codec == "pcm16"
+        wait_until(
+            lambda: (
+                listening.sink.playout.frames_played > 10
+                and dialing.sink.playout.frames_played > 10
+            ),
+            what="frames played each way",
+        )
+        assert listening.sink.playout.frames_undecodable == 0
+    finally:
+        b.close()
+        a.close()

@@ -85,6 +85,29 @@ def _to_int16(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x), -32768, 32767).astype(np.int16)
 
 
+LATENCY_BIN_MS = 0.5
+LATENCY_BINS = 4000  # 0-2 s; slower frames share the last bin
+
+
+def latency_summary(hist: np.ndarray) -> dict[str, float | int]:
+    """Percentiles (upper bin edges, so never flattering) of a latency histogram."""
+    n = int(hist.sum())
+    if n == 0:
+        return {"n": 0}
+    cumulative = np.cumsum(hist)
+
+    def edge(q: float) -> float:
+        return round(float(np.searchsorted(cumulative, q * n) + 1) * LATENCY_BIN_MS, 1)
+
+    return {
+        "n": n,
+        "p50": edge(0.50),
+        "p95": edge(0.95),
+        "p99": edge(0.99),
+        "max": round(float(np.flatnonzero(hist)[-1] + 1) * LATENCY_BIN_MS, 1),
+    }
+
+
 class PlayoutBuffer:
     """See the module docstring. One per received stream; thread-safe as described there."""
 
@@ -145,6 +168,9 @@ class PlayoutBuffer:
         self.frames_undecodable = 0
         self.underruns = 0
         self._latency_ms: deque[float] = deque(maxlen=latency_ring)
+        # Every frame of the call, in LATENCY_BIN_MS bins: percentiles over a whole call
+        # (hours) in constant memory, which the recent-frames ring cannot give.
+        self._latency_hist = np.zeros(LATENCY_BINS + 1, dtype=np.int64)
         self._logged: dict[str, int] = {}
 
     # -- the network side ---------------------------------------------------------------
@@ -389,7 +415,9 @@ class PlayoutBuffer:
         return pcm
 
     def _record_latency(self, packet: _Packet) -> None:
-        self._latency_ms.append((self._wall() - packet.capture_us / 1e6) * 1000)
+        ms = (self._wall() - packet.capture_us / 1e6) * 1000
+        self._latency_ms.append(ms)
+        self._latency_hist[min(LATENCY_BINS, max(0, int(ms / LATENCY_BIN_MS)))] += 1
 
     # -- figures ------------------------------------------------------------------------
 
@@ -404,18 +432,7 @@ class PlayoutBuffer:
             first = self._next if self._next is not None else min(self._packets, default=None)
             newest = self._newest
         depth = 0 if first is None or newest is None else max(0, newest - first + 1)
-        lat = np.asarray(self.latencies_ms(), dtype=np.float64)
-        latency = (
-            {
-                "n": int(lat.size),
-                "p50": round(float(np.percentile(lat, 50)), 1),
-                "p95": round(float(np.percentile(lat, 95)), 1),
-                "p99": round(float(np.percentile(lat, 99)), 1),
-                "max": round(float(lat.max()), 1),
-            }
-            if lat.size
-            else {"n": 0}
-        )
+        latency = latency_summary(self._latency_hist)
         return {
             "target_ms": round((self._target_s() + FRAME_S) * 1000, 1),
             "depth_ms": depth * FRAME_MS,

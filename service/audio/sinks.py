@@ -42,10 +42,6 @@ class Sink(Protocol):
 
     def start(self) -> None: ...
 
-    def write(self, pcm: np.ndarray) -> None:
-        """Legacy: one 20 ms int16 frame that arrived now (prefer ``playout.push``)."""
-        ...
-
     def close(self) -> None: ...
 
     @property
@@ -65,21 +61,6 @@ class PlayoutSink:
         self.on_failed: Callable[[str], None] | None = None
         self._failed: str | None = None
         self._reported = False
-        self._legacy_seq = 0
-
-    def write(self, pcm: np.ndarray) -> None:
-        """A PCM16 frame that arrived now, numbered by arrival. Kept for callers that do not
-        yet push wire frames (with their sequence numbers) into ``playout`` themselves."""
-        pcm = np.asarray(pcm)
-        if pcm.dtype != np.int16 or pcm.ndim != 1:
-            raise ValueError(f"expected 1-D int16 PCM, got {pcm.dtype} {pcm.shape}")
-        self.playout.push(
-            self._legacy_seq & 0xFFFFFFFF,
-            round(time.time() * 1e6),
-            "pcm16",
-            pcm.astype("<i2").tobytes(),
-        )
-        self._legacy_seq += 1
 
     @property
     def failed(self) -> str | None:

@@ -23,9 +23,10 @@ import numpy as np
 from gevent.event import Event
 
 from service.asr.stream import FinalSegment, StreamTranscriber
+from service.audio.codecs import CodecError, Decoder, Encoder, make_decoder, make_encoder
 from service.audio.frames import FRAME_SAMPLES
 from service.audio.sinks import Sink
-from service.audio.sources import Source
+from service.audio.sources import DeviceLost, Source
 from service.calls.events import EventBus
 from service.store.db import SegmentIn
 from service.transport import handshake
@@ -61,11 +62,6 @@ class CallOptions:
     language: str | None
     transcribe: bool
     task: str = "transcribe"  # or "translate" (to English; needs a multilingual model)
-
-
-# The codecs this node's audio path sends and plays; the hello advertises them so that the
-# codec can be chosen with protocol.choose_codec once both ends speak more than PCM16.
-LOCAL_CODECS: tuple[str, ...] = ("pcm16",)
 
 
 def new_token() -> str:
@@ -117,6 +113,9 @@ class CallSession:
         self.end_reason: str | None = None
         self.peer_transcribes = True
         self.peer_hello: p.Hello | None = None  # what the peer can do (codecs), once connected
+        self.codec: str | None = None  # what this side sends, chosen from both hellos
+        self._encoder: Encoder | None = None
+        self._remote_decoder: Decoder | None = None  # only when we transcribe the peer
         self.link: Link | None = None
         self.ended = Event()
         self._greenlets: list[gevent.Greenlet] = []
@@ -152,7 +151,7 @@ class CallSession:
     def _hello(self) -> p.Hello:
         return p.Hello(
             transcribes=self.transcribing,
-            codecs=LOCAL_CODECS,
+            codecs=self.node.settings.codecs,
             node=self.node.node_id,
             nonce=handshake.new_nonce(),
         )
@@ -287,6 +286,19 @@ class CallSession:
         self.state = "connected"
         log.info("call %s connected to %s", self.id, link.peer)
         self._publish("state", {"state": "connected", "end_reason": None})
+        settings = self.node.settings
+        self.codec = p.choose_codec(settings.codecs, hello.codecs)
+        # No in-band FEC: TCP delivers every frame in order, so redundancy for a lost packet
+        # is bits that can never be used; a late frame is concealed by the playout buffer.
+        self._encoder = (
+            make_encoder(
+                "opus", bitrate=settings.opus_bitrate, frame_ms=settings.opus_frame_ms, fec=False
+            )
+            if self.codec == "opus"
+            else make_encoder("pcm16")
+        )
+        # A device that dies mid-call ends this side with its reason, never a hang.
+        self.sink.on_failed = lambda reason: self._spawn(self.end, f"audio_failed: {reason}")
         try:
             self.source.start()
             self.sink.start()
@@ -310,9 +322,16 @@ class CallSession:
     def _send_loop(self) -> None:
         link = self.link
         assert link is not None
+        encoder = self._encoder
+        assert encoder is not None
+        codec = p.Codec[encoder.name.upper()]
         seq = 0
         while not self._ending:
-            frame = self.source.read(timeout=1.0)
+            try:
+                frame = self.source.read(timeout=1.0)
+            except DeviceLost as exc:
+                self._spawn(self.end, f"audio_failed: {exc}")
+                return
             if frame is None:
                 continue
             try:
@@ -320,7 +339,8 @@ class CallSession:
                     p.Audio(
                         seq=seq & 0xFFFFFFFF,
                         capture_time_us=int(frame.capture_time * 1e6),
-                        payload=frame.pcm.astype("<i2").tobytes(),
+                        payload=encoder.encode(frame.pcm),
+                        codec=codec,
                     )
                 )
             except LinkClosed:
@@ -344,9 +364,11 @@ class CallSession:
                 self._spawn(self.end, "protocol_error", False)
                 return
             if isinstance(message, p.Audio):
-                pcm = np.frombuffer(message.payload, dtype="<i2")
-                self.sink.write(pcm)
-                self._feed("remote", pcm)
+                self.sink.playout.push(
+                    message.seq, message.capture_time_us, message.codec, message.payload
+                )
+                if "remote" in self._streams:
+                    self._feed("remote", self._decode_remote(message))
             elif isinstance(message, p.Transcript):
                 self._store_remote(message)
             elif isinstance(message, p.Bye):
@@ -354,6 +376,19 @@ class CallSession:
                 return
             else:
                 log.warning("call %s: unexpected %s mid-call", self.id, type(message).__name__)
+
+    def _decode_remote(self, message: p.Audio) -> np.ndarray:
+        """The peer's frame as PCM for our transcriber of the peer. A decoder of its own:
+        the playout buffer's decoder runs on the playout clock and conceals, this one must
+        see every frame in arrival order."""
+        name = message.codec.name.lower()
+        if self._remote_decoder is None or self._remote_decoder.name != name:
+            self._remote_decoder = make_decoder(name)
+        try:
+            return self._remote_decoder.decode(message.payload)
+        except CodecError as exc:
+            log.warning("call %s: undecodable %s frame %d: %s", self.id, name, message.seq, exc)
+            return np.zeros(FRAME_SAMPLES, dtype=np.int16)
 
     # -- transcription ------------------------------------------------------------------
 
@@ -531,7 +566,34 @@ class CallSession:
                 "input": self.source.stats,
                 "output": self.sink.stats,
                 "link": self._link_stats(),
+                "quality": self._quality(),
             },
+        }
+
+    def _quality(self) -> dict[str, Any] | None:
+        """The call-quality figures a person checks first, gathered from the link, the
+        playout buffer and the devices (the details stay in ``link``/``input``/``output``)."""
+        link = self.link
+        if link is None or self.connected_at is None:
+            return None
+        seconds = max(1e-3, (self.ended_at or time.time()) - self.connected_at)
+        out = self.sink.stats
+        source = self.source.stats
+        return {
+            "codec": self.codec,
+            "send_kbps": round(link.stats.bytes_sent * 8 / seconds / 1000, 1),
+            "receive_kbps": round(link.stats.bytes_received * 8 / seconds / 1000, 1),
+            "rtt_ms": link.stats.keepalive()["rtt_ms_avg"],
+            "jitter_ms": out["jitter_ms"],
+            "playout_delay_ms": out["target_ms"],
+            "playout_depth_ms": out["depth_ms"],
+            "one_way_latency_ms": out["latency_ms"],
+            "frames_concealed": out["frames_concealed"],
+            "frames_dropped": out["frames_dropped_late"]
+            + out["frames_dropped_overflow"]
+            + out["frames_dropped_catchup"],
+            "playout_underruns": out["underruns"] + out.get("device_underflows", 0),
+            "capture_overruns": source.get("overflows", 0) + source.get("dropped", 0),
         }
 
     def _link_stats(self) -> dict[str, Any] | None:

@@ -237,10 +237,15 @@ class Link:
 
     def recv(self, timeout: float | None = None) -> Message:
         """Next message other than a ping or pong (those are handled here). Raises
-        LinkClosed, ProtocolError, or TimeoutError when no such message came in time."""
+        LinkClosed, ProtocolError, or TimeoutError when the peer sent nothing at all,
+        pings included, for ``timeout`` seconds: a peer whose keepalive still runs is alive
+        even while it sends no audio (e.g. while it finishes its last transcription before
+        saying bye), and one that is frozen or gone sends no pings either."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             message = self._next(deadline)
+            if isinstance(message, Ping | Pong) and timeout is not None:
+                deadline = time.monotonic() + timeout
             if isinstance(message, Ping):
                 self.stats.pings_answered += 1
                 with contextlib.suppress(LinkClosed):  # the next read reports it
