@@ -45,6 +45,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # Mostly usable (so calls get created), some not (a 422 each, on purpose).
 INPUTS = ["silence", "silence", "tone:440", "tone:5", "default", "file:/no/such.wav", 7]
 OUTPUTS = [None, None, "null", "default", 3]
+KEEP_CREATED = 8  # calls created by the fuzzer left open at once (IM_MAX_CALLS is 32)
 
 
 def start_node(data_dir: Path) -> Node:
@@ -74,15 +75,14 @@ class Known:
     ended: list[str] = field(default_factory=list)
 
 
-def make_calls(client: Any) -> Known:
-    known = Known()
+def refresh_calls(client: Any, known: Known) -> None:
+    """Two fresh listening calls for the next operation (the last one's were dialled, hung
+    up or deleted by the fuzzer); the old ones are hung up and join the ended."""
+    for call in known.live:
+        client.delete(f"/sessions/{call['id']}", headers=AUTH)  # 409 if already ended
+        known.ended.append(call["id"])
     listen = {"mode": "listen", "port": 0, "input": "silence", "output": None}
-    for _ in range(2):
-        known.live.append(client.post("/sessions", json=listen, headers=AUTH).get_json())
-    gone = client.post("/sessions", json=listen, headers=AUTH).get_json()
-    client.delete(f"/sessions/{gone['id']}", headers=AUTH)
-    known.ended.append(gone["id"])
-    return known
+    known.live = [client.post("/sessions", json=listen, headers=AUTH).get_json() for _ in range(2)]
 
 
 def steer(case: Any, data: st.DataObject, known: Known) -> None:
@@ -109,12 +109,20 @@ def steer(case: Any, data: st.DataObject, known: Known) -> None:
         case.body = body
     params = case.path_parameters or {}
     if "call_id" in params and data.draw(st.booleans(), label="steer call_id"):
-        ids = (
-            known.ended
-            if case.path.endswith("/events")
-            else known.ended + [c["id"] for c in known.live]
-        )
+        live = [c["id"] for c in known.live]
+        if case.path.endswith("/events") or not data.draw(st.booleans(), label="a live one"):
+            ids = known.ended
+        else:
+            ids = live
         params["call_id"] = data.draw(st.sampled_from(ids), label="call_id")
+
+
+def hang_up_all_but_a_few(client: Any, new_id: str, totals: Totals) -> None:
+    """Keep the calls the fuzzer creates under IM_MAX_CALLS by hanging up the oldest, through
+    the API: a 503 after that would mean a hung-up call still holds its place."""
+    totals.created.append(new_id)
+    while len(totals.created) > KEEP_CREATED:
+        client.delete(f"/sessions/{totals.created.pop(0)}", headers=AUTH)
 
 
 @dataclass
@@ -126,6 +134,7 @@ class Totals:
     )
     failures: list[str] = field(default_factory=list)
     no_negative: list[str] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
 
 
 def fuzz_api(
@@ -140,7 +149,9 @@ def fuzz_api(
     ``seed`` the cases are derandomized: the same every run."""
     app = create_app(node)
     client = app.test_client()
-    known = make_calls(client)
+    known = Known()
+    refresh_calls(client, known)
+    refresh_calls(client, known)  # so that there are ended calls from the start
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         schema = schemathesis.openapi.from_wsgi("/openapi.json", app, headers=AUTH)
@@ -148,10 +159,11 @@ def fuzz_api(
     for result in schema.get_all_operations():
         operation = result.ok()
         totals.operations += 1
+        refresh_calls(client, known)
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             label = f"{operation.label} ({mode.value})"
 
-            run = _operation_test(operation, mode, known, totals, max_examples, seed)
+            run = _operation_test(operation, mode, known, totals, max_examples, seed, client)
             try:
                 run()
             except Unsatisfiable:
@@ -170,6 +182,7 @@ def _operation_test(
     totals: Totals,
     max_examples: int,
     seed: int | None,
+    client: Any,
 ) -> Any:
     @settings(
         max_examples=max_examples,
@@ -188,6 +201,8 @@ def _operation_test(
         response = case.call(headers=AUTH)
         totals.requests += 1
         totals.statuses[operation.label][response.status_code] += 1
+        if response.status_code == 201:
+            hang_up_all_but_a_few(client, response.json()["id"], totals)
         case.validate_response(response, headers=AUTH, excluded_checks=[positive_data_acceptance])
 
     return run if seed is None else hypothesis.seed(seed)(run)
