@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import socket
 import time
+import wave
 
 import jiwer
+import numpy as np
 import pytest
 from conftest import reference
 from whisper.normalizers import EnglishTextNormalizer
@@ -85,6 +87,53 @@ def test_both_nodes_transcribe_the_dialers_speech(nodes, speech_dir):
     assert [s["text"] for s in after] == [s["text"] for s in on_a]
     text = a.call("GET", f"/sessions/{call_a['id']}/transcript?format=text")
     assert "Remote:" in text and "Local:" not in text
+
+
+def write_wav(path, pcm: np.ndarray) -> str:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16_000)
+        w.writeframes(pcm.astype("<i2").tobytes())
+    return f"file:{path}"
+
+
+def test_a_minute_of_silence_and_of_low_noise_through_a_call_gives_no_segment(nodes, tmp_path):
+    """Whisper turns silence and noise into "Thank you." or "Thanks for watching!" when it
+    is fed them; none of that may reach a transcript. A hears a minute of digital silence
+    from its own microphone, and B sends a minute of low noise (hiss plus a hum, about
+    -45 dBFS) that A transcribes, because B says it will not."""
+    a, b = nodes
+    rng = np.random.default_rng(7)
+    t = np.arange(16_000 * 60) / 16_000
+    noise = rng.normal(0, 120, t.size) + 60 * np.sin(2 * np.pi * 50 * t)
+    call_a, call_b = start_call(
+        a,
+        b,
+        listen={"input": write_wav(tmp_path / "silence.wav", np.zeros(t.size)), "output": None},
+        dial={
+            "input": write_wav(tmp_path / "noise.wav", noise),
+            "output": None,
+            "transcribe": False,
+        },
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        stats_a = a.call("GET", f"/sessions/{call_a['id']}")["stats"]
+        stats_b = b.call("GET", f"/sessions/{call_b['id']}")["stats"]
+        if stats_a["input"]["ended"] and stats_b["input"]["ended"]:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the minute of input never ended")
+    time.sleep(1.0)  # the last noise frames reach A
+    ended = b.call("DELETE", f"/sessions/{call_b['id']}")
+    assert ended["state"] == "ended"
+    wait_state(a, call_a["id"], {"ended"})
+    # A transcribed both sides (B said it would not) and heard the whole minute of each.
+    assert stats_a["frames_received"] >= 59 / 0.02
+    assert a.call("GET", f"/sessions/{call_a['id']}/transcript")["segments"] == []
+    assert b.call("GET", f"/sessions/{call_b['id']}/transcript")["segments"] == []
 
 
 def dial_silently(node, peer: str, token: str) -> dict:

@@ -29,7 +29,7 @@ def bearer_guard(token: str) -> Callable[[], object]:
         if scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), expected):
             return None
         log.warning(
-            "refused %s %s from %s: bad or missing token",
+            "refused %s %r from %s: bad or missing token",  # %r: a path cannot forge lines
             request.method,
             request.path,
             request.remote_addr,

@@ -217,7 +217,8 @@ class CallSession:
         log.warning("call %s: rejected connection from %s: %s", self.id, peer, why)
         if say_bye and isinstance(conn, Link):
             with contextlib.suppress(LinkClosed):
-                conn.send(p.Bye(reason="rejected: " + why))
+                # Cut to what the peer's parser accepts: `why` can quote the peer's input.
+                conn.send(p.Bye(reason=("rejected: " + why)[: p.MAX_REASON]))
         conn.close()
 
     def _dial(self, host: str, port: int) -> None:
@@ -497,7 +498,7 @@ class CallSession:
         if self.link is not None:
             if notify_peer:
                 with contextlib.suppress(LinkClosed):
-                    self.link.send(p.Bye(reason=reason))
+                    self.link.send(p.Bye(reason=reason[: p.MAX_REASON]))
             self.link.close()
         gevent.killall([g for g in self._greenlets if g is not me], block=False)
         self.sink.close()

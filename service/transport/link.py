@@ -48,6 +48,7 @@ class LinkClosed(ConnectionError):
 @dataclass
 class LinkStats:
     frames_sent: int = 0
+    send_stalls: int = 0
     frames_received: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
@@ -105,10 +106,19 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+# A peer that stops reading must cost bounded memory and end the call, not stall it: the
+# kernel may hold at most SEND_BUFFER bytes for it (~2 s of PCM16, ~20 s of Opus, instead of
+# the up-to-4 MiB that autotuning allows), and a send that cannot finish within
+# SEND_TIMEOUT_S closes the link, which the call reports as peer_lost.
+SEND_BUFFER = 64 * 1024
+SEND_TIMEOUT_S = 2.0
+
+
 def tune(sock: socket.socket) -> None:
     # 20 ms audio frames must leave now, not wait for Nagle to fill a segment.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
 
 # -- TLS ----------------------------------------------------------------------------------
@@ -219,21 +229,38 @@ class Link:
 
     def send(self, message: Message) -> None:
         data = encode(message)
-        with self._send_lock:
+        if not self._send_lock.acquire(timeout=SEND_TIMEOUT_S):
+            self._stalled()
+        try:
             if self.closed or self._send_error:
                 raise LinkClosed(self._send_error or "link is closed")
             try:
-                self.sock.sendall(data)
+                with gevent.Timeout(SEND_TIMEOUT_S):
+                    self.sock.sendall(data)
+            except gevent.Timeout:
+                self._stalled()
             except OSError as exc:
                 # Only the sending half is known broken: what the peer sent before it went
                 # (its bye, above all) is still to be read, so reading goes on until the
                 # socket itself reports the end.
                 self._send_error = str(exc) or type(exc).__name__
                 raise LinkClosed(self._send_error) from exc
+        finally:
+            self._send_lock.release()
         self.stats.bytes_sent += len(data)
         self.stats.messages_sent += 1
         if isinstance(message, Audio):
             self.stats.frames_sent += 1
+
+    def _stalled(self) -> None:
+        """The peer has not taken our data for SEND_TIMEOUT_S (its buffers are full): it is
+        not reading. A half-written message cannot be taken back, so the whole link goes;
+        the receive loop then sees it closed and the call ends as peer_lost."""
+        self.stats.send_stalls += 1
+        self._send_error = f"peer stopped reading (nothing sent for {SEND_TIMEOUT_S:.0f} s)"
+        log.warning("link to %s: %s", self.peer, self._send_error)
+        self.close()
+        raise LinkClosed(self._send_error)
 
     def recv(self, timeout: float | None = None) -> Message:
         """Next message other than a ping or pong (those are handled here). Raises
