@@ -49,7 +49,7 @@ class Settings:
     utterance_end_silence_ms: int = 500
     max_utterance_s: float = 15.0
     partial_interval_s: float = 1.0
-    asr_max_batch: int = 16
+    asr_max_batch: int = 0  # 0: auto (16 on CUDA, 1 on CPU)
     max_calls: int = 32
     codecs: tuple[str, ...] = ("opus", "pcm16")  # what this node sends and plays, preferred first
     opus_bitrate: int = 20_000
@@ -118,7 +118,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     ),
     "asr_max_batch": (
         "IM_ASR_MAX_BATCH",
-        "Most utterances (of all calls) the ASR worker decodes in one batch.",
+        "Most utterances (of all calls) decoded in one batch; 0: 16 on CUDA, 1 on CPU.",
     ),
     "max_calls": (
         "IM_MAX_CALLS",
@@ -201,8 +201,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         values["partial_interval_s"] = interval
     if (v := get("asr_max_batch")) is not None:
         batch = _int("IM_ASR_MAX_BATCH", v)
-        if not 1 <= batch <= 256:
-            raise ConfigError(f"IM_ASR_MAX_BATCH must be 1..256, got {v!r}")
+        if not 0 <= batch <= 256:
+            raise ConfigError(f"IM_ASR_MAX_BATCH must be 0 (auto) or 1..256, got {v!r}")
         values["asr_max_batch"] = batch
     if (v := get("vad_aggressiveness")) is not None:
         level = _int("IM_VAD_AGGRESSIVENESS", v)
