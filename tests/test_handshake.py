@@ -307,3 +307,22 @@ def test_a_node_without_opus_gets_pcm16_both_ways(tmp_path, pcm_only):
     finally:
         b.close()
         a.close()
+
+
+def test_a_flood_of_silent_connections_is_bounded_and_the_caller_still_gets_in(nodes):
+    a, b = nodes
+    listening = listen(a)
+    host, port = listening.local_address.rsplit(":", 1)
+    silent = [gsocket.create_connection((host, int(port))) for _ in range(24)]
+    try:
+        # 16 may wait in their handshake; the other 8 are turned away at once.
+        wait_until(lambda: listening.rejected_connections >= 8, what="the surplus turned away")
+        assert listening.state == "listening"
+        # The silent ones hit the hello deadline (1 s here); then the right caller gets in.
+        wait_until(lambda: listening.rejected_connections == 24, what="all 24 turned away")
+        dialing = dial(b, listening.local_address, listening.token)
+        wait_state(dialing, {"connected"})
+        assert listening.rejected_connections == 24
+    finally:
+        for s in silent:
+            s.close()

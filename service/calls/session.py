@@ -53,6 +53,7 @@ DRAIN_TIMEOUT_S = 30.0  # longest a hang-up waits for the last utterance's trans
 # without a single message means it is gone even if TCP has not noticed (a partition,
 # a frozen process).
 PEER_SILENCE_S = 5.0
+MAX_PENDING_HANDSHAKES = 16  # connections to one listening call not yet through the hello
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ class CallSession:
         self._listener: socket | None = None
         self._ending = False
         self._claimed = False
+        self._handshakes: set[gevent.Greenlet] = set()
         self._streams: dict[str, StreamTranscriber] = {}
         self._numbers = {"local": 0, "remote": 0}
         self.rejected_connections = 0
@@ -163,7 +165,14 @@ class CallSession:
                 sock, addr = self._listener.accept()
             except OSError:
                 return  # listener closed: the call connected or ended
-            gevent.spawn(self._handshake_incoming, sock, f"{addr[0]}:{addr[1]}")
+            peer = f"{addr[0]}:{addr[1]}"
+            if len(self._handshakes) >= MAX_PENDING_HANDSHAKES:
+                # The hello deadline bounds how long each one lives, this bounds how many.
+                self._turn_away(sock, peer, "too many connections still handshaking")
+                continue
+            g = gevent.spawn(self._handshake_incoming, sock, peer)
+            self._handshakes.add(g)
+            g.link(self._handshakes.discard)
 
     def _handshake_incoming(self, sock: socket, peer: str) -> None:
         """Check one incoming connection: TLS when configured, then hellos and proofs (see
