@@ -617,4 +617,8 @@ class CallSession:
         """Keepalive round-trip times and whether the link is encrypted (live only)."""
         if self.link is None:
             return None
-        return {"tls": self.link.tls, **self.link.stats.keepalive()}
+        return {
+            "tls": self.link.tls,
+            "send_stalls": self.link.stats.send_stalls,
+            **self.link.stats.keepalive(),
+        }
