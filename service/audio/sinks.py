@@ -52,7 +52,7 @@ class Sink(Protocol):
 
 
 class PlayoutSink:
-    """What every sink shares: its playout buffer, the failure report, the legacy write."""
+    """What every sink shares: its playout buffer, the failure report."""
 
     kind = "sink"
 
