@@ -237,6 +237,9 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=None, help="use only the first N clips")
     ap.add_argument("--partial-interval-s", type=float, default=1.0)
     ap.add_argument("--vad", default="silero", choices=["silero", "webrtc"])
+    ap.add_argument(
+        "--end-silence-ms", type=int, default=500, help="silence that ends an utterance"
+    )
     ap.add_argument("--no-offline", action="store_true", help="skip the offline comparison")
     ap.add_argument("--show", action="store_true", help="print each clip's hypothesis")
     args = ap.parse_args()
@@ -255,9 +258,9 @@ def main() -> int:
         f"{'sequential' if args.sequential else f'batched (max {args.max_batch})'}, "
         f"loaded+warmed in {time.monotonic() - t:.1f} s; {len(clips)} clips "
         f"({sum(c.pcm.size for c in clips) / SAMPLE_RATE:.0f} s) in {' '.join(args.languages)}; "
-        f"speed x{args.speed:g}; VAD {args.vad}"
+        f"speed x{args.speed:g}; VAD {args.vad}, end silence {args.end_silence_ms} ms"
     )
-    config = SegmenterConfig(vad=args.vad)
+    config = SegmenterConfig(vad=args.vad, end_silence_ms=args.end_silence_ms)
     head = (
         f"{'N':>3} {'audio_s':>7} {'finals':>6} {'p50_s':>6} {'p95_s':>6} {'max_s':>6} "
         f"{'partials':>8} {'cad_s':>5} {'RTF':>5} {'util':>5} {'batch':>5} {'xRT':>5} "

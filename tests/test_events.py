@@ -110,13 +110,16 @@ class Feed:
         return str([(e.kind, e.id, e.data.get("state") or e.data.get("text")) for e in self.events])
 
 
-def first_state_index(feed: Feed) -> int:
-    """Finals before the first state event were replayed from the store; after it, live."""
-    return next(i for i, e in enumerate(feed.events) if e.kind == "state")
+def first_state_index(feed: Feed) -> int | None:
+    """Finals before the first state event were replayed from the store; after it, live.
+    None while the replay is still coming (no state event yet)."""
+    return next((i for i, e in enumerate(list(feed.events)) if e.kind == "state"), None)
 
 
 def split_replay(feed: Feed) -> tuple[list[int], list[int]]:
     cut = first_state_index(feed)
+    if cut is None:
+        return [], []
     replayed = [e.id for e in feed.events[:cut] if e.kind == "final"]
     live = [e.id for e in feed.events[cut:] if e.kind == "final"]
     return replayed, live
