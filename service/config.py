@@ -51,7 +51,7 @@ class Settings:
     partial_interval_s: float = 1.0
     asr_max_batch: int = 0  # 0: auto (16 on CUDA, 1 on CPU)
     max_calls: int = 32
-    codecs: tuple[str, ...] = ("opus", "pcm16")  # what this node sends and plays, preferred first
+    codecs: tuple[str, ...] = ("opus", "pcm16")  # what this node sends and plays
     opus_bitrate: int = 20_000
     opus_frame_ms: int = 20
 

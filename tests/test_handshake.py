@@ -326,3 +326,27 @@ def test_a_flood_of_silent_connections_is_bounded_and_the_caller_still_gets_in(n
     finally:
         for s in silent:
             s.close()
+
+
+def test_pings_do_not_stretch_the_hello_deadline(nodes):
+    """Before the handshake is done, a connection that only pings is still a connection that
+    said nothing: it is turned away at the hello deadline (1 s here)."""
+    a, _ = nodes
+    listening = listen(a)
+    host, port = listening.local_address.rsplit(":", 1)
+    sock = gsocket.create_connection((host, int(port)))
+    try:
+        started = time.monotonic()
+        for n in range(15):  # 3 s of pings, every 0.2 s
+            try:
+                sock.sendall(p.encode(p.Ping(id=n, sent_us=0)))
+            except OSError:
+                break
+            if listening.rejected_connections:
+                break
+            gevent.sleep(0.2)
+        assert listening.rejected_connections == 1
+        assert time.monotonic() - started < 2.0
+        assert listening.state == "listening"
+    finally:
+        sock.close()

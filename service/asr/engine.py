@@ -121,7 +121,7 @@ class AsrEngine:
         model_name: str,
         model_dir,
         device: str = "auto",
-        max_batch: int = DEFAULT_MAX_BATCH,
+        max_batch: int = 0,  # 0: auto, see _load
         sequential: bool = False,
     ) -> None:
         self.model_name = model_name

@@ -248,7 +248,7 @@ class CallSession:
         try:
             outcome = self._dialer_handshake(link)
         except (p.ProtocolError, LinkClosed, TimeoutError, OSError) as exc:
-            outcome = f"handshake_failed: {exc or type(exc).__name__}"
+            outcome = f"handshake_failed: {str(exc) or type(exc).__name__}"
             if isinstance(exc, LinkClosed) and not link.tls and link.stats.bytes_received == 0:
                 outcome += " before answering (a TLS listener? this node dials without TLS)"
         except BaseException:  # killed by a hang-up while connecting
@@ -296,31 +296,15 @@ class CallSession:
         self.state = "connected"
         log.info("call %s connected to %s", self.id, link.peer)
         self._publish("state", {"state": "connected", "end_reason": None})
-        settings = self.node.settings
-        self.codec = p.choose_codec(settings.codecs, hello.codecs)
-        # No in-band FEC: TCP delivers every frame in order, so redundancy for a lost packet
-        # is bits that can never be used; a late frame is concealed by the playout buffer.
-        # Complexity 5 rather than libopus's 10: 137 µs instead of 298 µs per frame here, at
-        # the same waveform SNR on speech (14.4 dB at 20 kbit/s), which is what lets 20 Opus
-        # calls fit on two cores.
-        self._encoder = (
-            make_encoder(
-                "opus",
-                bitrate=settings.opus_bitrate,
-                frame_ms=settings.opus_frame_ms,
-                fec=False,
-                complexity=5,
-            )
-            if self.codec == "opus"
-            else make_encoder("pcm16")
-        )
+        self.codec = p.choose_codec(self.node.settings.codecs, hello.codecs)
         # A device that dies mid-call ends this side with its reason, never a hang.
         self.sink.on_failed = lambda reason: self._spawn(self.end, f"audio_failed: {reason}")
         try:
+            self._encoder = self._make_encoder()
             self.source.start()
             self.sink.start()
         except Exception as exc:
-            log.exception("call %s: audio device failed to start", self.id)
+            log.exception("call %s: audio failed to start", self.id)
             self._spawn(self.end, f"audio_failed: {exc}")
             return
         self._persist(
@@ -335,6 +319,23 @@ class CallSession:
                 self._streams["remote"] = self._stream("remote")
         self._spawn(self._send_loop)
         self._spawn(self._recv_loop)
+
+    def _make_encoder(self) -> Encoder:
+        settings = self.node.settings
+        if self.codec != "opus":
+            return make_encoder("pcm16")
+        # No in-band FEC: TCP delivers every frame in order, so redundancy for a lost packet
+        # is bits that can never be used; a late frame is concealed by the playout buffer.
+        # Complexity 5 rather than libopus's 10: 137 µs instead of 298 µs per frame here, at
+        # the same waveform SNR on speech (14.4 dB at 20 kbit/s), which is what lets 20 Opus
+        # calls fit on two cores.
+        return make_encoder(
+            "opus",
+            bitrate=settings.opus_bitrate,
+            frame_ms=settings.opus_frame_ms,
+            fec=False,
+            complexity=5,
+        )
 
     def _send_loop(self) -> None:
         link = self.link
@@ -370,10 +371,12 @@ class CallSession:
         assert link is not None
         while True:
             try:
-                message = link.recv(timeout=PEER_SILENCE_S)
+                message = link.recv(timeout=PEER_SILENCE_S, pings_keep_alive=True)
             except (LinkClosed, TimeoutError) as exc:
                 if not self._ending:
-                    log.warning("call %s: peer %s lost: %s", self.id, link.peer, exc or "silent")
+                    log.warning(
+                        "call %s: peer %s lost: %s", self.id, link.peer, str(exc) or "silent"
+                    )
                     self._spawn(self.end, "peer_lost", False)
                 return
             except p.ProtocolError as exc:

@@ -107,9 +107,10 @@ def format_address(host: str, port: int) -> str:
 
 
 # A peer that stops reading must cost bounded memory and end the call, not stall it: the
-# kernel may hold at most SEND_BUFFER bytes for it (~2 s of PCM16, ~20 s of Opus, instead of
-# the up-to-4 MiB that autotuning allows), and a send that cannot finish within
-# SEND_TIMEOUT_S closes the link, which the call reports as peer_lost.
+# kernel may hold at most twice SEND_BUFFER bytes for it (Linux doubles SO_SNDBUF: ~4 s of
+# PCM16, ~40 s of Opus, instead of the up-to-4 MiB that autotuning allows), and a send
+# that cannot finish within SEND_TIMEOUT_S closes the link, which the call reports as
+# peer_lost.
 SEND_BUFFER = 64 * 1024
 SEND_TIMEOUT_S = 2.0
 
@@ -262,16 +263,18 @@ class Link:
         self.close()
         raise LinkClosed(self._send_error)
 
-    def recv(self, timeout: float | None = None) -> Message:
+    def recv(self, timeout: float | None = None, pings_keep_alive: bool = False) -> Message:
         """Next message other than a ping or pong (those are handled here). Raises
-        LinkClosed, ProtocolError, or TimeoutError when the peer sent nothing at all,
-        pings included, for ``timeout`` seconds: a peer whose keepalive still runs is alive
-        even while it sends no audio (e.g. while it finishes its last transcription before
-        saying bye), and one that is frozen or gone sends no pings either."""
+        LinkClosed, ProtocolError, or TimeoutError when no such message came within
+        ``timeout``. With ``pings_keep_alive`` (a connected call's receive loop) any message,
+        pings included, restarts the wait: a peer whose keepalive still runs is alive even
+        while it sends no audio (e.g. while it finishes its last transcription before saying
+        bye), and one that is frozen or gone sends no pings either. Without it (the
+        handshake) pings cannot stretch a deadline."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             message = self._next(deadline)
-            if isinstance(message, Ping | Pong) and timeout is not None:
+            if pings_keep_alive and isinstance(message, Ping | Pong) and timeout is not None:
                 deadline = time.monotonic() + timeout
             if isinstance(message, Ping):
                 self.stats.pings_answered += 1
