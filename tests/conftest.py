@@ -16,13 +16,43 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# The repo's own clip (no external data needed), looped where a test must still be
+# speaking when something happens to it.
+JFK_CLIP = ROOT / "scripts/data/en_jfk_inaugural_1961.wav"
+
+
+def looped_clip(path: Path, times: int) -> Path:
+    with wave.open(str(JFK_CLIP), "rb") as w:
+        params = w.getparams()
+        pcm = w.readframes(w.getnframes())
+    with wave.open(str(path), "wb") as w:
+        w.setparams(params)
+        w.writeframes(pcm * times)
+    return path
+
+
+def wait_for(predicate, timeout: float, what: str, step: float = 0.05):
+    """Poll `predicate` until it returns something truthy, which is returned."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
 POSTGRES_SCRIPT = ROOT / "scripts" / "postgres"
 # Every test database gets a zone far from UTC, so that a timestamp read back in the server's
 # zone instead of UTC shows up as a failure instead of passing by luck on a UTC machine.

@@ -11,24 +11,14 @@ from __future__ import annotations
 
 import sqlite3
 import time
-import wave
 from pathlib import Path
+
+from conftest import looped_clip, wait_for
 
 from service.localnodes import NodeProcess, start_call
 
-CLIP = Path(__file__).resolve().parents[1] / "scripts/data/en_jfk_inaugural_1961.wav"
 NODE_ENV = {"IM_HELLO_TIMEOUT_S": "2"}
 DB = "intellimeet.db"
-
-
-def looped_clip(path: Path, times: int) -> Path:
-    with wave.open(str(CLIP), "rb") as w:
-        params = w.getparams()
-        pcm = w.readframes(w.getnframes())
-    with wave.open(str(path), "wb") as w:
-        w.setparams(params)
-        w.writeframes(pcm * times)
-    return path
 
 
 def committed_segments(db: Path, call_id: str) -> list[tuple[int, str, int, str]]:
@@ -40,16 +30,6 @@ def committed_segments(db: Path, call_id: str) -> list[tuple[int, str, int, str]
         ).fetchall()
     conn.close()
     return rows
-
-
-def wait_for(predicate, timeout: float, what: str, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def test_sigkill_mid_call_loses_no_committed_segment(tmp_path, model_dir):

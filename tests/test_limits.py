@@ -6,17 +6,16 @@ from __future__ import annotations
 import socket
 import threading
 import time
-import wave
 from pathlib import Path
 
 import pytest
+from conftest import looped_clip, wait_for
 
 from service.api import create_app
 from service.config import ConfigError, load_settings
 from service.localnodes import NodeProcess, start_call
 from service.node import Node
 
-CLIP = Path(__file__).resolve().parents[1] / "scripts/data/en_jfk_inaugural_1961.wav"
 NODE_ENV = {"IM_HELLO_TIMEOUT_S": "2"}
 SILENT = {"input": "silence", "output": None}
 FRAMES_PER_S = 50  # one 20 ms frame each way, silence included
@@ -98,26 +97,6 @@ def test_the_call_limit_is_validated():
 
 
 # -- a peer that stops reading ---------------------------------------------------------------
-
-
-def looped_clip(path: Path, times: int) -> Path:
-    with wave.open(str(CLIP), "rb") as w:
-        params = w.getparams()
-        pcm = w.readframes(w.getnframes())
-    with wave.open(str(path), "wb") as w:
-        w.setparams(params)
-        w.writeframes(pcm * times)
-    return path
-
-
-def wait_for(predicate, timeout: float, what: str, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture
