@@ -145,6 +145,7 @@ def run(engine: AsrEngine, args, clips: list[Clip], n: int, config: SegmenterCon
             task="transcribe",
             partial_interval_s=args.partial_interval_s,
             label=f"sim call {call.index}",
+            prompt_chars=args.prompt_chars,
         )
     engine.reset_stats()
     t0 = time.monotonic() + 0.1
@@ -229,13 +230,18 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--calls", type=int, nargs="+", default=[1], help="N (several: one run each)")
     ap.add_argument("--sequential", action="store_true", help="decode one at a time")
-    ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument(
+        "--max-batch", type=int, default=0, help="as IM_ASR_MAX_BATCH; 0: 16 on CUDA, 1 on CPU"
+    )
     ap.add_argument("--languages", nargs="+", default=["en"], help="clip languages to use")
     ap.add_argument("--language", default=None, help="language given to Whisper (default: detect)")
     ap.add_argument("--speed", type=float, default=1.0, help="feed N times faster than real time")
     ap.add_argument("--max-audio-s", type=float, default=None, help="stream length per call")
     ap.add_argument("--limit", type=int, default=None, help="use only the first N clips")
     ap.add_argument("--partial-interval-s", type=float, default=1.0)
+    ap.add_argument(
+        "--prompt-chars", type=int, default=200, help="committed text given as context; 0: none"
+    )
     ap.add_argument("--vad", default="silero", choices=["silero", "webrtc"])
     ap.add_argument(
         "--end-silence-ms", type=int, default=500, help="silence that ends an utterance"
@@ -255,10 +261,11 @@ def main() -> int:
     engine.load()
     print(
         f"model {args.model} on {engine.device} ({'fp16' if engine.fp16 else 'fp32'}), "
-        f"{'sequential' if args.sequential else f'batched (max {args.max_batch})'}, "
+        f"{'sequential' if args.sequential else f'batched (max {engine.max_batch})'}, "
         f"loaded+warmed in {time.monotonic() - t:.1f} s; {len(clips)} clips "
         f"({sum(c.pcm.size for c in clips) / SAMPLE_RATE:.0f} s) in {' '.join(args.languages)}; "
-        f"speed x{args.speed:g}; VAD {args.vad}, end silence {args.end_silence_ms} ms"
+        f"speed x{args.speed:g}; VAD {args.vad}, end silence {args.end_silence_ms} ms; "
+        f"prompt {args.prompt_chars} chars"
     )
     config = SegmenterConfig(vad=args.vad, end_silence_ms=args.end_silence_ms)
     head = (

@@ -49,6 +49,7 @@ class Settings:
     utterance_end_silence_ms: int = 500
     max_utterance_s: float = 15.0
     partial_interval_s: float = 1.0
+    asr_prompt_chars: int = 200
     asr_max_batch: int = 0  # 0: auto (16 on CUDA, 1 on CPU)
     max_calls: int = 32
     codecs: tuple[str, ...] = ("opus", "pcm16")  # what this node sends and plays
@@ -115,6 +116,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "partial_interval_s": (
         "IM_PARTIAL_INTERVAL_S",
         "Seconds of new speech between live partial transcripts; 0 turns partials off.",
+    ),
+    "asr_prompt_chars": (
+        "IM_ASR_PROMPT_CHARS",
+        "Characters of a speaker's committed transcript given to Whisper as context; 0: none.",
     ),
     "asr_max_batch": (
         "IM_ASR_MAX_BATCH",
@@ -204,6 +209,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         if not 0 <= batch <= 256:
             raise ConfigError(f"IM_ASR_MAX_BATCH must be 0 (auto) or 1..256, got {v!r}")
         values["asr_max_batch"] = batch
+    if (v := get("asr_prompt_chars")) is not None:
+        chars = _int("IM_ASR_PROMPT_CHARS", v)
+        if not 0 <= chars <= 400:
+            raise ConfigError(f"IM_ASR_PROMPT_CHARS must be 0..400, got {v!r}")
+        values["asr_prompt_chars"] = chars
     if (v := get("vad_aggressiveness")) is not None:
         level = _int("IM_VAD_AGGRESSIVENESS", v)
         if not 0 <= level <= 3:

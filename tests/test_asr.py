@@ -126,6 +126,91 @@ def test_a_batch_decodes_each_item_as_it_would_alone(engine, speech_dir):
     assert all(o.text for o in together)
 
 
+LOWER = (
+    "and so it went on all day long without a single capital letter or full stop anywhere "
+    "in the text at all just words one after another the way a tired clerk writes them "
+    "down when nobody is checking and the ink is running low and the light is going"
+)
+PROPER = (
+    "The Tudors ruled England for more than a century. Henry, the first of them, won his "
+    "crown in battle. His son, Henry, married six times; his grandchildren were Edward, "
+    "Mary and Elizabeth."
+)
+
+
+def test_prompts_are_per_item_and_decode_as_whisper_does_alone(engine, speech_dir):
+    """Each call's committed text conditions only its own decode, in a shared batch."""
+    import torch
+    from whisper.decoding import DecodingOptions, decode
+    from whisper.tokenizer import get_tokenizer
+
+    from service.asr.engine import PROMPT_MAX_TOKENS, batched_log_mel, prompt_tokens
+
+    names = ["en_arctic_prompts_cathy_b0006.wav", "en_picovoice_cheetah_2026.wav"]
+    reqs = [
+        Request("final", audio(speech_dir, names[0]), "en", "transcribe", print, prompt=LOWER),
+        Request("final", audio(speech_dir, names[1]), "en", "transcribe", print, prompt=PROPER),
+        Request("final", audio(speech_dir, names[0]), "en", "transcribe", print),
+    ]
+    together = engine.decode_batch(reqs)
+    alone = [engine.decode_batch([r])[0] for r in reqs]
+    assert [o.text for o in together] == [o.text for o in alone]
+    # The prompt is really used: the lower-case, unpunctuated one carries its style over.
+    lowered, proper, plain = (o.text for o in together)
+    assert plain[0].isupper() and plain.endswith("."), plain
+    assert lowered[0].islower() and not lowered.endswith("."), lowered
+    assert proper.endswith("."), proper
+    # And the rows of one batch are what Whisper's own decode makes of each prompt alone.
+    tokenizer = get_tokenizer(False)
+    rows = [prompt_tokens(tokenizer, r.prompt) for r in reqs[:2]]
+    assert [len(r) for r in rows] == [PROMPT_MAX_TOKENS] * 2  # so they shared a decode
+    with torch.no_grad():
+        mel = batched_log_mel([r.audio for r in reqs[:2]], engine.model.dims.n_mels, "cpu")
+        features = engine.model.embed_audio(mel)
+        for i, row in enumerate(rows):
+            opts = DecodingOptions(language="en", without_timestamps=True, fp16=False, prompt=row)
+            assert decode(engine.model, features[i], opts).text == together[i].text
+
+
+def test_a_stream_is_prompted_with_its_own_committed_text_only(engine, speech_dir, monkeypatch):
+    seen: list[Request] = []
+    submit = engine.submit
+    monkeypatch.setattr(engine, "submit", lambda r: seen.append(r) or submit(r))
+    pad = np.zeros(16_000, dtype=np.int16)
+    clips = [*SHORT[:2], "en_arctic_prompts_cathy_b0222.wav"]
+    pcm = np.concatenate([pad, *(np.concatenate([read_wav(speech_dir / n), pad]) for n in clips)])
+    rec = stream_through(engine, pcm, realtime=True)
+    finals = [s.text for e in rec.events if e[0] == "final" for s in e[2]]
+    assert len(finals) == 3, finals
+    # What had been committed before each final request: "", f1, "f1 f2".
+    committed = [" ".join(finals[:k]) for k in range(3)]
+    requests = [r for r in seen if r.kind == "final"]
+    assert [r.prompt for r in requests] == [None, committed[1], committed[2]]
+    # Partials are conditioned on committed text too, never on another partial.
+    for r in seen:
+        assert r.prompt in (None, *committed[1:]), r.prompt
+
+
+def test_the_prompt_is_the_last_200_characters_at_a_word_boundary():
+    from service.asr.stream import Context
+
+    context = Context(200)
+    words = [f"word{i}" for i in range(80)]
+    for i in range(0, 80, 8):
+        context.add(" ".join(words[i : i + 8]), "en", 0.0)
+    assert 180 <= len(context.text) <= 200 and context.text.split()[-1] == "word79"
+    assert context.text.split()[0] in words  # starts at a whole word
+    # A final only decoded at a high temperature is no context; nor is another language.
+    context.add("garbled", "en", 0.8)
+    assert context.text == ""
+    context.add("Hello there.", "en", 0.0)
+    context.add("Guten Tag.", "de", 0.0)
+    assert (context.text, context.language) == ("Guten Tag.", "de")
+    off = Context(0)
+    off.add("Hello there.", "en", 0.0)
+    assert off.text == ""
+
+
 def test_repetition_filter_catches_loops_in_any_script():
     assert filters.repeated("Thank you. Thank you. Thank you. Thank you. Thank you.", [])
     assert filters.repeated("谢谢谢谢谢谢谢谢谢谢谢谢", [])

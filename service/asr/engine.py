@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import _queue
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -48,6 +49,8 @@ SATURATED_S = 2.0  # a worker not idle once in this long is behind: partials are
 DEFAULT_MAX_BATCH = 16
 TASKS = ("transcribe", "translate")
 FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
+PROMPT_MAX_TOKENS = 32  # ~150 English characters: most streams share one length
+PROMPT_TOKEN_STEP = 8  # prompt lengths are rounded down to this: see prompt_tokens()
 
 
 @dataclass
@@ -62,6 +65,10 @@ class Request:
     stream: Any = None  # partials of one stream replace each other
     label: str = ""
     queued_at: float = field(default_factory=time.monotonic)
+    # The stream's committed text (never a partial's) and its language: context for the
+    # decoder, as `whisper.transcribe` gives each window the text before it.
+    prompt: str | None = None
+    prompt_language: str | None = None
 
 
 @dataclass
@@ -371,13 +378,15 @@ class AsrEngine:
                 self._results.put_nowait((r.on_done, o))
 
     def decode_batch(self, batch: list[Request]) -> list[Outcome]:
-        """One encoder pass for the batch, then greedy decoding per (language, task)."""
+        """One encoder pass for the batch, then greedy decoding per (language, task,
+        prompt length); retries at higher temperatures go without the prompt."""
         import torch
-        from whisper.decoding import DecodingOptions, decode
+        from whisper.decoding import DecodingOptions
         from whisper.tokenizer import get_tokenizer
 
         model = self.model
         assert model is not None
+        tokenizer = get_tokenizer(self.multilingual, num_languages=model.num_languages)
         with torch.no_grad():
             mel = batched_log_mel([r.audio for r in batch], model.dims.n_mels, self.device)
             if self.fp16:
@@ -386,17 +395,21 @@ class AsrEngine:
             languages = [r.language if self.multilingual else "en" for r in batch]
             unknown = [i for i, lang in enumerate(languages) if lang is None]
             if unknown:
-                tokenizer = get_tokenizer(True, num_languages=model.num_languages)
                 _, probs = model.detect_language(features[unknown], tokenizer)
                 for i, p in zip(unknown, probs, strict=True):
                     languages[i] = max(p, key=p.get)
 
+            prompts: list[list[int]] = []
             outcomes: list[Outcome | None] = [None] * len(batch)
-            groups: dict[tuple[str, str], list[int]] = {}
+            unsure: dict[int, tuple[Any, float]] = {}  # item -> its most confident low_logprob
+            groups: dict[tuple[str, str, int], list[int]] = {}
             for i, r in enumerate(batch):
                 task = r.task if self.multilingual else "transcribe"
-                groups.setdefault((languages[i], task), []).append(i)
-            for (language, task), idx in groups.items():
+                # Text in another language than the one being decoded would only mislead.
+                same = r.prompt_language in (None, languages[i])
+                prompts.append(prompt_tokens(tokenizer, r.prompt) if same else [])
+                groups.setdefault((languages[i], task, len(prompts[i])), []).append(i)
+            for (language, task, _), idx in groups.items():
                 durations = [batch[i].audio.size / 16_000 for i in idx]
                 sample_len = min(224, filters.max_tokens(max(durations)) + 1)
                 todo = idx
@@ -409,32 +422,99 @@ class AsrEngine:
                         without_timestamps=True,
                         fp16=self.fp16,
                     )
-                    results = decode(model, features[todo], opts)
+                    # A decode that failed the checks with context gets none on retry: a
+                    # prompt can pull the model into repeating it.
+                    rows = [prompts[i] for i in todo] if temperature == 0.0 else []
+                    results = _prompted_decoding()(model, opts, rows).run(features[todo])
                     retry = []
                     for i, res in zip(todo, results, strict=True):
-                        duration = batch[i].audio.size / 16_000
                         # Only finals earn a second try: a partial is soon replaced anyway.
                         last = (
                             temperature == FALLBACK_TEMPERATURES[-1] or batch[i].kind == "partial"
                         )
-                        verdict = filters.judge(res, duration, last)
+                        verdict = filters.judge(res, batch[i].audio.size / 16_000)
+                        if verdict.reason == "low_logprob":
+                            best = unsure.get(i)
+                            if best is None or res.avg_logprob > best[0].avg_logprob:
+                                unsure[i] = (res, temperature)
                         if verdict.retry and not last:
                             retry.append(i)
-                            continue
-                        outcomes[i] = Outcome(
-                            text=None if verdict.reason else res.text.strip(),
-                            dropped=verdict.reason,
-                            language=language,
-                            avg_logprob=round(float(res.avg_logprob), 4),
-                            no_speech_prob=round(float(res.no_speech_prob), 4),
-                            compression_ratio=round(float(res.compression_ratio), 4),
-                            temperature=temperature,
-                        )
+                        elif verdict.reason is None:
+                            outcomes[i] = _outcome(res, None, language, temperature)
+                        elif verdict.retry and i in unsure:
+                            # No try was sound and sure: keep the most confident sound one.
+                            best, best_temperature = unsure[i]
+                            outcomes[i] = _outcome(best, None, language, best_temperature)
+                        else:
+                            outcomes[i] = _outcome(res, verdict.reason, language, temperature)
                     if not retry:
                         break
                     self.stats["fallbacks"] += len(retry)
                     todo = retry
         return [o if o is not None else Outcome(text=None, dropped="error") for o in outcomes]
+
+
+def _outcome(res: Any, dropped: str | None, language: str, temperature: float) -> Outcome:
+    return Outcome(
+        text=None if dropped else res.text.strip(),
+        dropped=dropped,
+        language=language,
+        avg_logprob=round(float(res.avg_logprob), 4),
+        no_speech_prob=round(float(res.no_speech_prob), 4),
+        compression_ratio=round(float(res.compression_ratio), 4),
+        temperature=temperature,
+    )
+
+
+def prompt_tokens(tokenizer, text: str | None) -> list[int]:
+    """The end of a stream's committed text as decoder context, in whole steps of
+    PROMPT_TOKEN_STEP tokens (at most PROMPT_MAX_TOKENS).
+
+    The decoder has learned positions, so items in one batch need prompts of one length.
+    Rounding each prompt down on its own keeps a stream's decode independent of what it
+    was batched with, while streams with a few sentences behind them share a length (and
+    a batch).
+    """
+    if not text or not text.strip():
+        return []
+    tokens = tokenizer.encode(" " + text.strip())
+    keep = min(PROMPT_MAX_TOKENS, len(tokens) // PROMPT_TOKEN_STEP * PROMPT_TOKEN_STEP)
+    return tokens[len(tokens) - keep :] if keep else []
+
+
+@functools.cache
+def _prompted_decoding() -> type:
+    """`whisper.decoding.DecodingTask` with a prompt per batch item (defined on first use:
+    importing whisper costs seconds and this module is imported by processes that never
+    decode)."""
+    import dataclasses
+
+    import torch
+    from whisper.decoding import DecodingTask
+
+    class PromptedDecoding(DecodingTask):
+        """Whisper builds one row of initial tokens (<|startofprev|> prompt
+        <|startoftranscript|> ...) and repeats it for every item; here each item's row
+        carries its own prompt. The rows are equally long (the caller groups by prompt
+        length), so all Whisper derives from the row length (where sampling begins, the
+        key/value cache, the logit filters) holds."""
+
+        def __init__(self, model, options, prompts: list[list[int]]) -> None:
+            self._prompts = prompts if prompts and prompts[0] else None
+            if self._prompts is not None:
+                if len({len(p) for p in self._prompts}) != 1:
+                    raise ValueError("the prompts of one batch must be equally long")
+                options = dataclasses.replace(options, prompt=list(self._prompts[0]))
+            super().__init__(model, options)
+
+        def _main_loop(self, audio_features, tokens):
+            if self._prompts is not None:
+                head = [[self.tokenizer.sot_prev, *p] for p in self._prompts]
+                rows = torch.tensor(head).repeat_interleave(self.n_group, dim=0)
+                tokens = torch.cat([rows.to(tokens.device), tokens[:, len(head[0]) :]], dim=1)
+            return super()._main_loop(audio_features, tokens)
+
+    return PromptedDecoding
 
 
 def _noop(_: Outcome) -> None:

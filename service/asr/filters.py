@@ -13,8 +13,11 @@ model at all; these checks catch what slips through, in this order:
 4. ``too_long``: more tokens than any speaker produces in the audio's duration.
 5. ``compression_ratio``: Whisper's gzip-ratio threshold.
 
-3-5 and a low mean log-probability first ask for a decode at a higher temperature (as
-`whisper.transcribe` does); a candidate is dropped only when every temperature failed.
+3-5 and a low mean log-probability (``low_logprob``) first ask for a decode at a higher
+temperature, as `whisper.transcribe` does. A candidate is dropped only when every
+temperature failed 1-5. When every try was merely unconfident, the engine keeps the most
+confident one: that is hard speech more often than invented speech, and the greedy decode
+usually beats the samples (`whisper.transcribe` keeps the last, most random one).
 
 No list of known phrases is used: it would only ever cover one language's favourite
 hallucinations, and would drop those words when someone really says them.
@@ -70,10 +73,8 @@ def repeated(text: str, tokens: list[int]) -> bool:
     return False
 
 
-def judge(result: Any, duration_s: float, last_try: bool) -> Verdict:
-    """`result` is a whisper.decoding.DecodingResult (text, tokens, figures). On the last
-    try a merely unconfident decode is kept, as `whisper.transcribe` keeps it: that is
-    hard speech more often than invented speech; loops and runaways are never kept."""
+def judge(result: Any, duration_s: float) -> Verdict:
+    """`result` is a whisper.decoding.DecodingResult (text, tokens, figures)."""
     text = result.text.strip()
     if _NO_WORDS.match(text):
         return Verdict("empty")
@@ -85,6 +86,6 @@ def judge(result: Any, duration_s: float, last_try: bool) -> Verdict:
         return Verdict("repetition", retry=True)
     if result.compression_ratio > COMPRESSION_RATIO_THRESHOLD:
         return Verdict("compression_ratio", retry=True)
-    if result.avg_logprob < LOGPROB_THRESHOLD and not last_try:
+    if result.avg_logprob < LOGPROB_THRESHOLD:
         return Verdict("low_logprob", retry=True)
     return Verdict(None)

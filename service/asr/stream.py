@@ -22,6 +22,8 @@ from service.audio.frames import FRAME_MS
 log = logging.getLogger(__name__)
 
 DEFAULT_PARTIAL_INTERVAL_S = 1.0
+DEFAULT_PROMPT_CHARS = 200
+PROMPT_RESET_TEMPERATURE = 0.5  # as whisper.transcribe: text this uncertain is no context
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,35 @@ class FinalSegment:
     avg_logprob: float | None
     no_speech_prob: float | None
     compression_ratio: float | None
+
+
+class Context:
+    """The end of what a stream has committed, given to its next decodes as a prompt.
+
+    Cut into utterances, speech loses the words around it that tell Whisper "Tudor" from
+    "two door"; `whisper.transcribe` conditions each window on the text before it for the
+    same reason. Only finals feed this, so nothing unconfirmed is ever conditioned on.
+    """
+
+    def __init__(self, max_chars: int = DEFAULT_PROMPT_CHARS) -> None:
+        self.max_chars = max_chars
+        self.text = ""
+        self.language: str | None = None
+
+    def add(self, text: str, language: str | None, temperature: float | None) -> None:
+        if not self.max_chars or (temperature or 0.0) > PROMPT_RESET_TEMPERATURE:
+            self.text = ""  # the model was guessing: its guess is no context
+            return
+        if language != self.language:
+            self.text, self.language = "", language
+        text = f"{self.text} {text}".strip()
+        cut = len(text) - self.max_chars
+        if cut > 0:
+            # Start at a word, not inside one (scripts without spaces are cut anywhere).
+            if text[cut - 1] != " " and " " in text[cut:]:
+                cut = text.index(" ", cut) + 1
+            text = text[cut:]
+        self.text = text
 
 
 PartialHandler = Callable[[int, str, float, float], None]  # utterance, text, start, end
@@ -57,6 +88,7 @@ class StreamTranscriber:
         task: str = "transcribe",
         partial_interval_s: float = DEFAULT_PARTIAL_INTERVAL_S,
         label: str = "",
+        prompt_chars: int = DEFAULT_PROMPT_CHARS,
     ) -> None:
         self.engine = engine
         self.segmenter = Segmenter(config)
@@ -68,6 +100,7 @@ class StreamTranscriber:
         self._partial_frames = (
             max(1, int(partial_interval_s * 1000 / FRAME_MS)) if partial_interval_s > 0 else 0
         )
+        self.context = Context(prompt_chars)
         self._utterance = 0  # number of the open (or next) utterance
         self._frames_at_partial = 0  # open-utterance frames covered by the last partial request
         self._partial_in_flight = False
@@ -126,6 +159,8 @@ class StreamTranscriber:
             lambda o: self._partial_done(number, open_utt, o),
             stream=self,
             label=self.label,
+            prompt=self.context.text or None,
+            prompt_language=self.context.language,
         )
         if self.engine.submit(request):
             self._partial_in_flight = True
@@ -151,6 +186,8 @@ class StreamTranscriber:
             lambda o: self._final_done(number, utt, o),
             stream=self,
             label=self.label,
+            prompt=self.context.text or None,
+            prompt_language=self.context.language,
         )
         if not self.engine.submit(request):
             self.finals_rejected += 1
@@ -181,6 +218,7 @@ class StreamTranscriber:
                 self._on_final(number, [])
                 return
             self.finals_committed += 1
+            self.context.add(o.text, o.language, o.temperature)
             segment = FinalSegment(
                 start_s=round(utt.start_s, 3),
                 end_s=round(utt.end_s, 3),

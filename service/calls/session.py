@@ -427,6 +427,7 @@ class CallSession:
             task=self.options.task,
             partial_interval_s=node.settings.partial_interval_s,
             label=f"call {self.id} ({speaker})",
+            prompt_chars=node.settings.asr_prompt_chars,
         )
 
     @property
