@@ -186,3 +186,39 @@ def test_tls_settings_are_checked_at_start(certs, tmp_path):
     ]:
         with pytest.raises(ConfigError, match=match):
             load_settings(env)
+
+
+def test_one_deadline_covers_a_dialers_tls_and_hellos(certs, node_factory):
+    """A listener that takes most of the hello timeout for TLS and then says nothing must
+    not get a second full timeout for its hello."""
+    import gevent
+    from gevent import socket as gsocket
+
+    from service.transport.link import accept_tls, server_context
+
+    cert, key = certs["loopback"]
+    b = node_factory("b", **tls_env(cert, key, ca=cert))  # hello timeout: 1 s
+    server = gsocket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    context = server_context(str(cert), str(key))
+    held = []
+
+    def slow_then_silent():
+        conn, _ = server.accept()
+        gevent.sleep(0.7)
+        held.append(accept_tls(conn, context, 5.0))  # TLS done; no hello, ever
+
+    greenlet = gevent.spawn(slow_then_silent)
+    try:
+        t0 = time.monotonic()
+        call = dial(b, f"127.0.0.1:{server.getsockname()[1]}", "x" * 32)
+        reason = wait_state(call, {"failed"}).end_reason
+        took = time.monotonic() - t0
+        assert held, "the TLS handshake never completed"
+        assert reason.startswith("handshake_failed"), reason
+        assert took < 1.5, f"{took:.2f} s: TLS and the hello each got their own deadline"
+    finally:
+        greenlet.kill()
+        for s in (*held, server):
+            s.close()

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+import gevent
 from gevent import socket as gsocket
 from whisper.tokenizer import LANGUAGES
 
@@ -176,5 +177,6 @@ class Registry:
         log.info("call %s created (%s)", session.id, session.mode)
 
     def shutdown(self) -> None:
-        for session in self.live():
-            session.end("shutdown")
+        """End every call at once: each waits up to its drain timeout for its last
+        utterances, and one after another that would be the sum of all of them."""
+        gevent.joinall([gevent.spawn(session.end, "shutdown") for session in self.live()])

@@ -262,8 +262,9 @@ class CallSession:
 
     def _dialer_handshake(self, link: Link) -> p.Hello | str:
         """The dialer's half of the handshake: the listener's hello once both sides have
-        proved the call token, or why the call cannot go on."""
-        deadline = time.monotonic() + self.node.settings.hello_timeout_s
+        proved the call token, or why the call cannot go on. One deadline, from the TCP
+        connect, covers TLS and the hellos, as on the listener's side."""
+        deadline = link.opened_at + self.node.settings.hello_timeout_s
         mine = self._hello()
         link.send(mine)
         reply = link.recv(timeout=_left(deadline))

@@ -181,8 +181,10 @@ def connect(
     tls_timeout: float | None = None,
 ) -> Link:
     """Dial; with ``tls``, also complete the TLS handshake within ``tls_timeout`` (default
-    ``timeout``), verifying the listener's certificate for ``host``."""
+    ``timeout``), verifying the listener's certificate for ``host``. The link's `opened_at`
+    is when TCP connected, so one handshake deadline can cover TLS and hellos together."""
     sock = gsocket.create_connection((host, port), timeout=timeout)
+    opened_at = time.monotonic()
     if tls is not None:
         try:
             sock = tls.wrap_socket(
@@ -195,7 +197,7 @@ def connect(
             raise
         _tls_handshake(sock, timeout if tls_timeout is None else tls_timeout, "listener")
     sock.settimeout(None)
-    return Link(sock, format_address(host, port))
+    return Link(sock, format_address(host, port), opened_at)
 
 
 def accept_tls(sock: socket.socket, tls: ssl.SSLContext, timeout: float) -> socket.socket:
@@ -210,10 +212,11 @@ def accept_tls(sock: socket.socket, tls: ssl.SSLContext, timeout: float) -> sock
 
 
 class Link:
-    def __init__(self, sock: socket.socket, peer: str) -> None:
+    def __init__(self, sock: socket.socket, peer: str, opened_at: float | None = None) -> None:
         tune(sock)
         self.sock = sock
         self.peer = peer
+        self.opened_at = time.monotonic() if opened_at is None else opened_at
         self.stats = LinkStats()
         self._decoder = Decoder()
         self._inbox: deque[Message] = deque()
