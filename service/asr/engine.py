@@ -3,9 +3,10 @@
 Every call's ready utterances (finals) and provisional requests (partials) go into one
 queue; the worker takes as many as are waiting and decodes them *together*: one batched
 log-mel, one encoder pass for the whole batch, language detection in one pass, then batched
-greedy decoding per (language, task) group, with temperature fallback only for the items
-whose checks failed. On a GPU this is what lets one model serve dozens of calls; on a CPU it
-still shares the decoder loop's fixed costs.
+greedy decoding per (language, task, prompt length) group, each item with its own stream's
+committed text as prompt, and temperature fallback only for the items whose checks failed.
+On a GPU this is what lets one model serve dozens of calls; on a CPU a batch costs what its
+items cost one by one, so there the node decodes one at a time (see `_load`).
 
 Priorities when behind: finals always go first; a stream's newer partial replaces its older
 one, and a partial that waited too long is dropped, so overload costs partials, never

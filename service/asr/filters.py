@@ -13,9 +13,9 @@ model at all; these checks catch what slips through, in this order:
 4. ``too_long``: more tokens than any speaker produces in the audio's duration.
 5. ``compression_ratio``: Whisper's gzip-ratio threshold.
 
-3-5 and a low mean log-probability (``low_logprob``) first ask for a decode at a higher
-temperature, as `whisper.transcribe` does. A candidate is dropped only when every
-temperature failed 1-5. When every try was merely unconfident, the engine keeps the most
+1-2 drop a candidate at once. 3-5 and a low mean log-probability (``low_logprob``) first ask
+for a decode at a higher temperature, as `whisper.transcribe` does, and drop it only when
+every temperature failed. When every try was merely unconfident, the engine keeps the most
 confident one: that is hard speech more often than invented speech, and the greedy decode
 usually beats the samples (`whisper.transcribe` keeps the last, most random one).
 
