@@ -228,13 +228,13 @@ def _rig_start(directory: Path) -> dict[str, str]:
 def audio_rig_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AudioRig]:
     reuse = os.environ.get("IM_AUDIO_RIG")
     if not reuse and shutil.which("pulseaudio") is None:
-        message = (
+        from conftest import unavailable
+
+        unavailable(
+            "IM_REQUIRE_AUDIO_RIG",
             "pulseaudio is not installed, so there are no virtual sound devices "
-            "(apt-get install pulseaudio pulseaudio-utils libasound2-plugins, or scripts/setup)"
+            "(apt-get install pulseaudio pulseaudio-utils libasound2-plugins, or scripts/setup)",
         )
-        if os.environ.get("IM_REQUIRE_AUDIO_RIG") == "1":
-            pytest.fail(f"IM_REQUIRE_AUDIO_RIG=1 but {message}", pytrace=False)
-        pytest.skip(message)
     if reuse:
         # Idempotent: on a running rig this only prints its exports (and revives readers).
         directory = Path(reuse)

@@ -21,6 +21,7 @@ import uuid
 import wave
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -59,6 +60,14 @@ POSTGRES_SCRIPT = ROOT / "scripts" / "postgres"
 TEST_DB_TIMEZONE = "America/St_Johns"
 
 
+def unavailable(require_var: str, message: str) -> NoReturn:
+    """A dependency the tests need is missing: skip, or fail where `require_var` is 1 (CI,
+    where these tests must run and never skip quietly)."""
+    if os.environ.get(require_var) == "1":
+        pytest.fail(f"{require_var}=1 but {message}", pytrace=False)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def speech_dir() -> Path:
     """The speech clips and manifest.tsv; IM_SPEECH_DIR overrides the checkout-relative default."""
@@ -67,10 +76,9 @@ def speech_dir() -> Path:
         or Path(__file__).resolve().parents[2] / "shared/data/speech"
     )
     if not (path / "manifest.tsv").is_file():
-        message = f"speech evaluation set not found at {path} (set IM_SPEECH_DIR)"
-        if os.environ.get("IM_REQUIRE_SPEECH") == "1":
-            pytest.fail(message)  # CI: these tests must run, never skip quietly
-        pytest.skip(message)
+        unavailable(
+            "IM_REQUIRE_SPEECH", f"speech evaluation set not found at {path} (set IM_SPEECH_DIR)"
+        )
     return path
 
 
@@ -108,13 +116,11 @@ def postgres_server() -> Iterator[str]:
         yield url  # whoever started it stops it
         return
     if not _postgres_installed():
-        message = (
+        unavailable(
+            "IM_REQUIRE_POSTGRES",
             "PostgreSQL is not installed and IM_TEST_POSTGRES_URL is not set "
-            "(apt-get install postgresql, or scripts/setup)"
+            "(apt-get install postgresql, or scripts/setup)",
         )
-        if os.environ.get("IM_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"IM_REQUIRE_POSTGRES=1 but {message}", pytrace=False)
-        pytest.skip(message)
     # Under /tmp, not pytest's tmp dir: as root the server runs as `postgres`, which must be
     # able to reach the directory, and the socket path must stay short.
     directory = tempfile.mkdtemp(prefix="intellimeet-pg-", dir="/tmp")

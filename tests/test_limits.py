@@ -120,6 +120,19 @@ def three_nodes(tmp_path, model_dir):
             node.kill()  # SIGKILL ends a frozen process too
 
 
+def assert_still_flowing(node, call_id: str, before: dict, during: dict, window: float, why: str):
+    """The other call never paused: audio both ways at (nearly) the real-time rate, and the
+    node's own speech in it still transcribed."""
+    for key in ("frames_sent", "frames_received"):
+        rate = (during[key] - before[key]) / window
+        assert rate > 0.8 * FRAMES_PER_S, f"{key}: {rate:.1f} frames/s {why}"
+    wait_for(
+        lambda: node.call("GET", f"/sessions/{call_id}")["stats"]["segments"]["local"] >= 1,
+        30,
+        "A to transcribe its speech in the other call",
+    )
+
+
 def test_a_frozen_peer_is_dropped_and_the_other_call_keeps_flowing(three_nodes, tmp_path):
     """B is SIGSTOPped mid-call: it stops reading (and sending) but its socket stays open.
     A must end that call as peer_lost within about the 5 s liveness window, while its call
@@ -151,16 +164,7 @@ def test_a_frozen_peer_is_dropped_and_the_other_call_keeps_flowing(three_nodes, 
     assert ended["end_reason"] == "peer_lost"
     assert dropped_after < 8  # 5 s of silence, plus polling and a loaded test machine
 
-    # The other call never paused: audio both ways at (nearly) the real-time rate...
-    for key in ("frames_sent", "frames_received"):
-        rate = (during[key] - before[key]) / window
-        assert rate > 0.8 * FRAMES_PER_S, f"{key}: {rate:.1f} frames/s while B was frozen"
-    # ...and A's own speech in it is still being transcribed.
-    wait_for(
-        lambda: a.call("GET", f"/sessions/{a2['id']}")["stats"]["segments"]["local"] >= 1,
-        30,
-        "A to transcribe its speech in the other call",
-    )
+    assert_still_flowing(a, a2["id"], before, during, window, "while B was frozen")
     print(
         f"\ndropped the frozen peer after {dropped_after:.1f} s; "
         f"A's RSS {rss_before // 1024} -> {rss_after // 1024} MiB"
@@ -279,14 +283,7 @@ def test_a_peer_that_talks_but_barely_listens_costs_bounded_memory(three_nodes, 
         during = a.call("GET", f"/sessions/{a2['id']}")["stats"]
         window = time.monotonic() - stalled_at
         # The other call keeps flowing and A keeps transcribing it...
-        for key in ("frames_sent", "frames_received"):
-            rate = (during[key] - before[key]) / window
-            assert rate > 0.8 * FRAMES_PER_S, f"{key}: {rate:.1f} frames/s"
-        wait_for(
-            lambda: a.call("GET", f"/sessions/{a2['id']}")["stats"]["segments"]["local"] >= 1,
-            30,
-            "A to transcribe its speech in the other call",
-        )
+        assert_still_flowing(a, a2["id"], before, during, window, "while B stalled")
         # ...and what waits for the slow reader is bounded, not the whole call so far.
         stuck = a.call("GET", f"/sessions/{a1['id']}")
         print(f"\npeak queued for the slow reader: {peak} bytes; that call: {stuck['state']}")
