@@ -145,6 +145,17 @@ def _port(name: str, raw: str) -> int:
     return value
 
 
+# name -> (lowest, highest, how an error states the range when "lo..hi" would mislead)
+INT_RANGES: dict[str, tuple[int, int, str | None]] = {
+    "asr_max_batch": (0, 256, "0 (auto) or 1..256"),
+    "asr_prompt_chars": (0, 400, None),
+    "vad_aggressiveness": (0, 3, None),
+    "max_calls": (1, 1000, None),
+    "opus_bitrate": (16_000, 24_000, "16000..24000"),
+    "utterance_end_silence_ms": (100, 5000, None),
+}
+
+
 def _int(name: str, raw: str) -> int:
     try:
         return int(raw)
@@ -192,6 +203,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     for key in ("hello_timeout_s", "connect_timeout_s", "max_utterance_s"):
         if (v := get(key)) is not None:
             values[key] = _float(ENV_VARS[key][0], v)
+    for key, (lo, hi, expected) in INT_RANGES.items():
+        if (v := get(key)) is not None:
+            name = ENV_VARS[key][0]
+            number = _int(name, v)
+            if not lo <= number <= hi:
+                raise ConfigError(f"{name} must be {expected or f'{lo}..{hi}'}, got {v!r}")
+            values[key] = number
     if (v := get("vad")) is not None:
         if v not in ("silero", "webrtc"):
             raise ConfigError(f"IM_VAD must be silero or webrtc, got {v!r}")
@@ -204,45 +222,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         if not (interval == 0 or 0.2 <= interval <= 30):
             raise ConfigError(f"IM_PARTIAL_INTERVAL_S must be 0 or 0.2..30, got {v!r}")
         values["partial_interval_s"] = interval
-    if (v := get("asr_max_batch")) is not None:
-        batch = _int("IM_ASR_MAX_BATCH", v)
-        if not 0 <= batch <= 256:
-            raise ConfigError(f"IM_ASR_MAX_BATCH must be 0 (auto) or 1..256, got {v!r}")
-        values["asr_max_batch"] = batch
-    if (v := get("asr_prompt_chars")) is not None:
-        chars = _int("IM_ASR_PROMPT_CHARS", v)
-        if not 0 <= chars <= 400:
-            raise ConfigError(f"IM_ASR_PROMPT_CHARS must be 0..400, got {v!r}")
-        values["asr_prompt_chars"] = chars
-    if (v := get("vad_aggressiveness")) is not None:
-        level = _int("IM_VAD_AGGRESSIVENESS", v)
-        if not 0 <= level <= 3:
-            raise ConfigError(f"IM_VAD_AGGRESSIVENESS must be 0..3, got {v!r}")
-        values["vad_aggressiveness"] = level
-    if (v := get("max_calls")) is not None:
-        most = _int("IM_MAX_CALLS", v)
-        if not 1 <= most <= 1000:
-            raise ConfigError(f"IM_MAX_CALLS must be 1..1000, got {v!r}")
-        values["max_calls"] = most
     if (v := get("codecs")) is not None:
         offered = tuple(c.strip().lower() for c in v.split(",") if c.strip())
         if not offered or any(c not in ("opus", "pcm16") for c in offered):
             raise ConfigError(f"IM_CODECS must list opus and/or pcm16, got {v!r}")
         values["codecs"] = tuple(dict.fromkeys(offered))
-    if (v := get("opus_bitrate")) is not None:
-        bitrate = _int("IM_OPUS_BITRATE", v)
-        if not 16_000 <= bitrate <= 24_000:
-            raise ConfigError(f"IM_OPUS_BITRATE must be 16000..24000, got {v!r}")
-        values["opus_bitrate"] = bitrate
     if (v := get("opus_frame_ms")) is not None:
         if v not in ("10", "20"):
             raise ConfigError(f"IM_OPUS_FRAME_MS must be 10 or 20, got {v!r}")
         values["opus_frame_ms"] = int(v)
-    if (v := get("utterance_end_silence_ms")) is not None:
-        ms = _int("IM_UTTERANCE_END_SILENCE_MS", v)
-        if not 100 <= ms <= 5000:
-            raise ConfigError(f"IM_UTTERANCE_END_SILENCE_MS must be 100..5000, got {v!r}")
-        values["utterance_end_silence_ms"] = ms
     if (v := get("api_token")) is not None:
         if len(v) < 16:
             raise ConfigError("IM_API_TOKEN must be at least 16 characters")

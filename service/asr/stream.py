@@ -151,19 +151,25 @@ class StreamTranscriber:
             return
         number = self._utterance
         self._frames_at_partial = frames
-        request = Request(
-            "partial",
-            open_utt.audio,
+        request = self._request(
+            "partial", open_utt, lambda o: self._partial_done(number, open_utt, o)
+        )
+        if self.engine.submit(request):
+            self._partial_in_flight = True
+
+    def _request(self, kind: str, utt: Utterance, on_done: Callable[[Outcome], None]) -> Request:
+        """A decode of this stream's audio, with its committed text as context."""
+        return Request(
+            kind,
+            utt.audio,
             self.language,
             self.task,
-            lambda o: self._partial_done(number, open_utt, o),
+            on_done,
             stream=self,
             label=self.label,
             prompt=self.context.text or None,
             prompt_language=self.context.language,
         )
-        if self.engine.submit(request):
-            self._partial_in_flight = True
 
     def _partial_done(self, number: int, utt: Utterance, o: Outcome) -> None:
         self._partial_in_flight = False
@@ -178,17 +184,7 @@ class StreamTranscriber:
         self._utterance += 1
         self._frames_at_partial = 0
         self.speech_end_at[number] = utt.speech_end_s if utt.speech_end_s is not None else utt.end_s
-        request = Request(
-            "final",
-            utt.audio,
-            self.language,
-            self.task,
-            lambda o: self._final_done(number, utt, o),
-            stream=self,
-            label=self.label,
-            prompt=self.context.text or None,
-            prompt_language=self.context.language,
-        )
+        request = self._request("final", utt, lambda o: self._final_done(number, utt, o))
         if not self.engine.submit(request):
             self.finals_rejected += 1
             return
