@@ -211,6 +211,15 @@ def test_the_prompt_is_the_last_200_characters_at_a_word_boundary():
     assert off.text == ""
 
 
+def test_invisible_spaces_whisper_spells_are_removed_but_joiners_kept():
+    # Seen from base translating German: "Press the values \u200b\u200band select ...".
+    assert filters.clean(" Press the values \u200b\u200band select.\ufeff") == (
+        "Press the values and select."
+    )
+    persian = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"  # "I want": needs its ZWNJ
+    assert filters.clean(persian) == persian
+
+
 def test_repetition_filter_catches_loops_in_any_script():
     assert filters.repeated("Thank you. Thank you. Thank you. Thank you. Thank you.", [])
     assert filters.repeated("谢谢谢谢谢谢谢谢谢谢谢谢", [])

@@ -50,6 +50,7 @@ SATURATED_S = 2.0  # a worker not idle once in this long is behind: partials are
 DEFAULT_MAX_BATCH = 16
 TASKS = ("transcribe", "translate")
 FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
+FALLBACK_SEED = 0
 PROMPT_MAX_TOKENS = 32  # ~150 English characters: most streams share one length
 PROMPT_TOKEN_STEP = 8  # prompt lengths are rounded down to this: see prompt_tokens()
 
@@ -426,6 +427,11 @@ class AsrEngine:
                     # A decode that failed the checks with context gets none on retry: a
                     # prompt can pull the model into repeating it.
                     rows = [prompts[i] for i in todo] if temperature == 0.0 else []
+                    if temperature > 0:
+                        # Sampling draws on torch's global generator, which only this thread
+                        # uses: seeded, the same audio in the same batch always gets the
+                        # same transcript, as a greedy decode does.
+                        torch.manual_seed(FALLBACK_SEED)
                     results = _prompted_decoding()(model, opts, rows).run(features[todo])
                     retry = []
                     for i, res in zip(todo, results, strict=True):
@@ -457,7 +463,7 @@ class AsrEngine:
 
 def _outcome(res: Any, dropped: str | None, language: str, temperature: float) -> Outcome:
     return Outcome(
-        text=None if dropped else res.text.strip(),
+        text=None if dropped else filters.clean(res.text),
         dropped=dropped,
         language=language,
         avg_logprob=round(float(res.avg_logprob), 4),

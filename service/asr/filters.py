@@ -37,6 +37,7 @@ TOKENS_SLACK = 10
 REASONS = ("empty", "no_speech", "repetition", "too_long", "compression_ratio")
 
 _NO_WORDS = re.compile(r"^[\W_]*$")
+_INVISIBLE = re.compile("[\u200b\ufeff]")
 _REPEATED_UNIT = re.compile(r"(.{1,30}?)(?:\s*\1){4,}", re.DOTALL)
 
 
@@ -44,6 +45,13 @@ _REPEATED_UNIT = re.compile(r"(.{1,30}?)(?:\s*\1){4,}", re.DOTALL)
 class Verdict:
     reason: str | None  # None: keep
     retry: bool = False  # worth decoding again at a higher temperature
+
+
+def clean(text: str) -> str:
+    """The text as stored and shown. Whisper's byte-level tokens sometimes spell zero-width
+    spaces (U+200B) or a BOM into it: invisible on screen, they break search, copying and
+    comparison. Joiners (U+200C, U+200D) stay: Persian, Indic scripts and emoji need them."""
+    return " ".join(_INVISIBLE.sub("", text).split())
 
 
 def max_tokens(duration_s: float) -> int:
