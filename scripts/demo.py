@@ -52,12 +52,12 @@ def main() -> int:
     try:
         a.start()
         b.start()
-        heard = work / "a" / "heard.wav"
+        heard = a.media_dir / "heard.wav"
         call_a, call_b = start_call(
             a,
             b,
-            listen={"input": "silence", "output": f"file:{heard}"},
-            dial={"input": f"file:{clip}", "output": None},
+            listen={"input": "silence", "output": f"file:{heard.name}"},
+            dial={"input": b.media(clip), "output": None},
         )
         print(f"A listens on {call_a['address']}; B dialed and is connected")
         print(f"B's microphone plays {clip.name} in real time ...")

@@ -15,6 +15,15 @@ message that cannot be encoded again; a hang is an input that takes longer than
 
     scripts/fuzz_wire                    # 100000 inputs, seed 1
     scripts/fuzz_wire --count 1000000 --seed 7
+
+With ``--live`` it fuzzes a running node instead (scripts/fuzz_live.py): authenticated
+hostile peers (sequence numbers and times at the extremes, floods of every message type),
+each on a fresh listening call, while a healthy call on the same node keeps talking; it
+prints the worst /healthz latency per attack and fails at 100 ms, on a node that died or
+hung, or on a healthy call that stopped flowing.
+
+    scripts/fuzz_wire --live                             # every attack, 3 s each
+    scripts/fuzz_wire --live --attacks seq-2^31-then-0,flood-transcript --seconds 2
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+import fuzz_live  # noqa: E402  (scripts/, next to this file)
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import seed as hypothesis_seed  # noqa: E402
 from wire_fuzz import (  # noqa: E402
@@ -128,7 +138,16 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "data" / "fuzz-wire", help="reproducers")
     ap.add_argument("--keep", type=int, default=5, help="reproducers saved per kind")
     ap.add_argument("--only", type=int, help="replay just this input index, verbosely")
+    live = ap.add_argument_group(
+        "live mode",
+        "Attack a running node with authenticated hostile peers while a healthy call on it "
+        "keeps flowing; report /healthz latency per attack (see scripts/fuzz_live.py).",
+    )
+    live.add_argument("--live", action="store_true", help="run the live mode instead")
+    fuzz_live.add_arguments(live)
     args = ap.parse_args()
+    if args.live:
+        return fuzz_live.run(args)
 
     def on_alarm(signum, frame):
         raise Hang(f"input still running after {10 * args.hang_s:.1f} s")

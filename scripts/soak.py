@@ -191,7 +191,7 @@ class Soak:
                 json={
                     "mode": "listen",
                     "port": 0,
-                    "input": f"file:{a_in}",
+                    "input": self.a.media(a_in),
                     "output": None,
                     "transcribe": transcribe,
                 },
@@ -204,7 +204,7 @@ class Soak:
                     "mode": "dial",
                     "peer": listen["address"],
                     "token": listen["token"],
-                    "input": f"file:{b_in}",
+                    "input": self.b.media(b_in),
                     "output": None,
                     "transcribe": transcribe,
                 },

@@ -14,7 +14,6 @@ import sys  # noqa: E402
 
 import gevent  # noqa: E402
 from gevent.event import Event  # noqa: E402
-from gevent.pywsgi import WSGIServer  # noqa: E402
 
 from service.config import ConfigError, load_settings  # noqa: E402
 
@@ -32,6 +31,7 @@ def main() -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from service.api import create_app
+    from service.api.server import BoundedWSGIServer
     from service.node import Node
 
     node = Node(settings)
@@ -41,7 +41,15 @@ def main() -> int:
         log.error("node failed to start: %s", exc)
         return 1
     app = create_app(node)
-    server = WSGIServer((settings.api_host, settings.api_port), app, log=None, error_log=log)
+    # Bounded connections and idle time: silent sockets cannot exhaust descriptors.
+    server = BoundedWSGIServer(
+        (settings.api_host, settings.api_port),
+        app,
+        max_connections=settings.http_max_connections,
+        idle_timeout_s=settings.http_idle_timeout_s,
+        log=None,
+        error_log=log,
+    )
     try:
         server.start()
     except OSError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -29,10 +30,16 @@ class Settings:
     api_port: int = 8080
     api_token: str = field(default="", repr=False)  # never printed, never logged
     allow_unauthenticated_api: bool = False
+    # Host names the API answers to besides its own (loopback, IM_API_HOST, the host
+    # name); ("*",): any. Refusing the rest is what stops DNS rebinding.
+    api_allowed_hosts: tuple[str, ...] = ()
+    http_max_connections: int = 256
+    http_idle_timeout_s: float = 10.0
     data_dir: Path = Path("data")
     database_url: str = ""  # derived from data_dir when empty
     model: str = "tiny.en"
     model_dir: Path = Path()  # derived from data_dir when empty
+    media_dir: Path = Path()  # derived from data_dir when empty; resolved once, at load
     device: str = "auto"
     call_host: str = "0.0.0.0"
     call_port: int = 7000
@@ -76,6 +83,18 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "IM_ALLOW_UNAUTHENTICATED_API",
         "Set to 1 to serve the API on a non-loopback address without a token.",
     ),
+    "api_allowed_hosts": (
+        "IM_API_ALLOWED_HOSTS",
+        "More host names (comma-separated) the API answers to besides its own; `*`: any.",
+    ),
+    "http_max_connections": (
+        "IM_HTTP_MAX_CONNECTIONS",
+        "Most HTTP connections open at once; when full, the longest-idle one is closed.",
+    ),
+    "http_idle_timeout_s": (
+        "IM_HTTP_IDLE_TIMEOUT_S",
+        "Seconds an HTTP connection may take to send a request head, or stay idle.",
+    ),
     "data_dir": ("IM_DATA_DIR", "Directory for the database and converted model weights."),
     "database_url": (
         "IM_DATABASE_URL",
@@ -83,6 +102,11 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     ),
     "model": ("IM_MODEL", "Whisper model: `tiny.en`, `base`, or a path to a checkpoint (.pt)."),
     "model_dir": ("IM_MODEL_DIR", "Where converted checkpoints are cached (default: DATA/models)."),
+    "media_dir": (
+        "IM_MEDIA_DIR",
+        "The only folder `file:` inputs and recordings may use, paths relative to it "
+        "(default: DATA/media).",
+    ),
     "device": ("IM_DEVICE", "Compute device: `auto` (CUDA when torch sees a GPU), `cpu`, `cuda`."),
     "call_host": ("IM_CALL_HOST", "Address listening calls bind to."),
     "call_port": ("IM_CALL_PORT", "Default port for `listen` sessions that name none."),
@@ -151,6 +175,7 @@ INT_RANGES: dict[str, tuple[int, int, str | None]] = {
     "asr_prompt_chars": (0, 400, None),
     "vad_aggressiveness": (0, 3, None),
     "max_calls": (1, 1000, None),
+    "http_max_connections": (16, 100_000, None),
     "opus_bitrate": (16_000, 24_000, "16000..24000"),
     "utterance_end_silence_ms": (100, 5000, None),
 }
@@ -177,6 +202,30 @@ def _host(name: str, raw: str) -> str:
     if not raw or any(c.isspace() for c in raw):
         raise ConfigError(f"{name} must be a host name or IP address, got {raw!r}")
     return raw
+
+
+_HOST_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
+
+
+def _allowed_hosts(raw: str) -> tuple[str, ...]:
+    """``*``, or host names / IP addresses without port, brackets optional for IPv6."""
+    names = tuple(dict.fromkeys(n.strip().lower().rstrip(".") for n in raw.split(",")))
+    names = tuple(n for n in names if n)
+    if "*" in names:
+        return ("*",)
+    for name in names:
+        bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+        try:
+            ipaddress.ip_address(bare)
+            continue
+        except ValueError:
+            pass
+        if not all(_HOST_LABEL.fullmatch(label) for label in bare.split(".")):
+            raise ConfigError(
+                "IM_API_ALLOWED_HOSTS must be `*` or comma-separated host names or IP "
+                f"addresses (no ports), got {raw!r}"
+            )
+    return tuple(n[1:-1] if n.startswith("[") else n for n in names)
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -210,6 +259,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             if not lo <= number <= hi:
                 raise ConfigError(f"{name} must be {expected or f'{lo}..{hi}'}, got {v!r}")
             values[key] = number
+    if (v := get("http_idle_timeout_s")) is not None:
+        timeout = _float("IM_HTTP_IDLE_TIMEOUT_S", v)
+        if timeout > 3600:
+            raise ConfigError(f"IM_HTTP_IDLE_TIMEOUT_S must be at most 3600, got {v!r}")
+        values["http_idle_timeout_s"] = timeout
+    if (v := get("api_allowed_hosts")) is not None:
+        values["api_allowed_hosts"] = _allowed_hosts(v)
     if (v := get("vad")) is not None:
         if v not in ("silero", "webrtc"):
             raise ConfigError(f"IM_VAD must be silero or webrtc, got {v!r}")
@@ -260,9 +316,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     data_dir = Path(get("data_dir") or defaults.data_dir).expanduser().resolve()
     values["data_dir"] = data_dir
     values["model_dir"] = Path(get("model_dir") or data_dir / "models").expanduser().resolve()
+    values["media_dir"] = Path(get("media_dir") or data_dir / "media").expanduser().resolve()
     url = get("database_url") or f"sqlite:///{data_dir / 'intellimeet.db'}"
     if "://" not in url:
         raise ConfigError(f"IM_DATABASE_URL must be an SQLAlchemy URL, got {url!r}")
+    for key in ("data_dir", "model_dir"):
+        path = Path(str(values[key]))
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{ENV_VARS[key][0]} must be a directory, but {path} is a file")
+    _check_database_url(url)
     values["database_url"] = url
 
     values.update(_tls(get))
@@ -281,6 +343,29 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if not settings.advertise_host:
         settings = _with_advertise_host(settings)
     return settings
+
+
+def _check_database_url(url: str) -> None:
+    """Only SQLite and PostgreSQL (psycopg 3) are supported: say so now, naming the
+    variable, instead of a traceback from the store. An SQLite file must be creatable."""
+    from sqlalchemy.exc import ArgumentError
+
+    from service.store.db import parse_url
+
+    try:
+        parsed = parse_url(url)
+    except (ValueError, ArgumentError) as exc:
+        # parse_url's own messages hide the password; SQLAlchemy's may quote the URL whole.
+        told = str(exc) if str(exc).startswith("unsupported") else "it cannot be parsed"
+        raise ConfigError(f"IM_DATABASE_URL is not usable: {told}") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        for parent in Path(parsed.database).expanduser().parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise ConfigError(
+                        f"IM_DATABASE_URL names an SQLite file under {parent}, which is a file"
+                    )
+                break
 
 
 def _tls(get: Callable[[str], str | None]) -> dict[str, object]:

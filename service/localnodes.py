@@ -8,6 +8,7 @@ its own API port and database, exactly as on two hosts.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -65,16 +66,32 @@ class NodeProcess:
             "IM_API_HOST": "127.0.0.1",
             "IM_API_PORT": str(self.port),
             "IM_DATA_DIR": str(self.data_dir),
+            "IM_MEDIA_DIR": str(self.data_dir / "media"),
             "IM_CALL_HOST": "127.0.0.1",
             "IM_ADVERTISE_HOST": "127.0.0.1",
             "PYTHONUNBUFFERED": "1",
             **({"IM_MODEL_DIR": str(model_dir)} if model_dir else {}),
             **(env or {}),
         }
+        # The one folder `file:` inputs and recordings may use (media() places clips there).
+        self.media_dir = Path(self.env["IM_MEDIA_DIR"])
         self.proc: subprocess.Popen | None = None
         # e.g. ["ip", "netns", "exec", NAME] to run the node in another network namespace
         self.command_prefix: list[str] = []
         self.http = requests.Session()
+
+    def media(self, clip: Path, name: str | None = None) -> str:
+        """Put `clip` in this node's media folder (a hard link, or a copy across file
+        systems; a symlink would be refused) and return its `file:` input spec."""
+        name = name or Path(clip).name
+        self.media_dir.mkdir(parents=True, exist_ok=True)
+        placed = self.media_dir / name
+        if not placed.exists():
+            try:
+                os.link(clip, placed)
+            except OSError:
+                shutil.copyfile(clip, placed)
+        return f"file:{name}"
 
     def start(self, timeout: float = 180.0) -> NodeProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)

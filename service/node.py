@@ -37,6 +37,7 @@ class Node:
     def start(self) -> None:
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.media_dir.mkdir(parents=True, exist_ok=True)
         self.store.upgrade()
         stale = self.store.mark_unfinished_calls("interrupted", "node_restarted")
         if stale:

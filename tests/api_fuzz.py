@@ -43,7 +43,7 @@ from service.node import Node
 TOKEN = "fuzz-api-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # Mostly usable (so calls get created), some not (a 422 each, on purpose).
-INPUTS = ["silence", "silence", "tone:440", "tone:5", "default", "file:/no/such.wav", 7]
+INPUTS = ["silence", "silence", "tone:440", "tone:5", "default", "file:no-such.wav", 7]
 OUTPUTS = [None, None, "null", "default", 3]
 KEEP_CREATED = 8  # calls created by the fuzzer left open at once (IM_MAX_CALLS is 32)
 

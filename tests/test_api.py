@@ -69,6 +69,11 @@ def test_malformed_json_is_400_and_creates_nothing(client):
         ({"mode": "listen", "port": 70000}, "port"),
         ({"mode": "listen", "colour": "blue"}, "colour"),
         ({"mode": "listen", "transcribe": "maybe"}, "transcribe"),
+        # JSON booleans and strings are not integers: `true` was taken as port 1.
+        ({"mode": "listen", "port": True}, "port"),
+        ({"mode": "listen", "port": "7000"}, "port"),
+        ({"mode": "listen", "input": True}, "input"),
+        ({"mode": "listen", "input": "silence", "output": False}, "output"),
         ([1, 2, 3], ""),
     ],
 )
@@ -81,7 +86,11 @@ def test_schema_violations_are_400_with_the_field_named(client, body, field):
 @pytest.mark.parametrize(
     "body,code,words",
     [
-        ({"mode": "listen", "port": 0, "input": "file:/no/such.wav"}, "unusable_device", "no such"),
+        (
+            {"mode": "listen", "port": 0, "input": "file:no-such.wav"},
+            "unusable_device",
+            "file input refused",
+        ),
         (
             {"mode": "listen", "port": 0, "input": "no-such-microphone"},
             "unusable_device",
@@ -94,9 +103,9 @@ def test_schema_violations_are_400_with_the_field_named(client, body, field):
         ),
         ({"mode": "listen", "port": 0, "input": "tone:abc"}, "unusable_device", "tone"),
         (
-            {"mode": "listen", "port": 0, "input": "silence", "output": "file:/no/such/dir/x.wav"},
+            {"mode": "listen", "port": 0, "input": "silence", "output": "file:no/such/dir/x.wav"},
             "unusable_device",
-            "no such directory",
+            "file output refused",
         ),
         (
             {"mode": "listen", "port": 0, "input": "silence", "output": f"file:{__file__}"},
@@ -112,6 +121,27 @@ def test_schema_violations_are_400_with_the_field_named(client, body, field):
             {"mode": "dial", "peer": "no-port-here", "token": "t", "input": "silence"},
             "unusable_address",
             "HOST:PORT",
+        ),
+        # Only ASCII digits make a port, and a host has no NUL, control character or space.
+        (
+            {
+                "mode": "dial",
+                "peer": "127.0.0.1:\u0667\u0660\u0660\u0660",
+                "token": "t",
+                "input": "silence",
+            },
+            "unusable_address",
+            "HOST:PORT",
+        ),
+        (
+            {"mode": "dial", "peer": "127.0.0.1\u0000:7000", "token": "t", "input": "silence"},
+            "unusable_address",
+            "host name",
+        ),
+        (
+            {"mode": "dial", "peer": "evil host:7000", "token": "t", "input": "silence"},
+            "unusable_address",
+            "host name",
         ),
         (
             {"mode": "listen", "port": 0, "input": "silence", "language": "xx"},

@@ -57,7 +57,7 @@ def test_both_nodes_transcribe_the_dialers_speech(nodes, speech_dir):
         a,
         b,
         listen={"input": "silence", "output": None},
-        dial={"input": f"file:{speech_dir / CLIP}", "output": None},
+        dial={"input": b.media(speech_dir / CLIP), "output": None},
     )
     done = wait_for_final_transcripts(b, call_b["id"], a, call_a["id"], timeout=90)
     ref = reference(speech_dir, CLIP)
@@ -89,13 +89,13 @@ def test_both_nodes_transcribe_the_dialers_speech(nodes, speech_dir):
     assert "Remote:" in text and "Local:" not in text
 
 
-def write_wav(path, pcm: np.ndarray) -> str:
+def write_wav(path, pcm: np.ndarray):
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(16_000)
         w.writeframes(pcm.astype("<i2").tobytes())
-    return f"file:{path}"
+    return path
 
 
 def test_a_minute_of_silence_and_of_low_noise_through_a_call_gives_no_segment(nodes, tmp_path):
@@ -110,9 +110,12 @@ def test_a_minute_of_silence_and_of_low_noise_through_a_call_gives_no_segment(no
     call_a, call_b = start_call(
         a,
         b,
-        listen={"input": write_wav(tmp_path / "silence.wav", np.zeros(t.size)), "output": None},
+        listen={
+            "input": a.media(write_wav(tmp_path / "silence.wav", np.zeros(t.size))),
+            "output": None,
+        },
         dial={
-            "input": write_wav(tmp_path / "noise.wav", noise),
+            "input": b.media(write_wav(tmp_path / "noise.wav", noise)),
             "output": None,
             "transcribe": False,
         },
@@ -189,7 +192,7 @@ def test_a_vanished_peer_ends_the_call_and_keeps_what_was_said(
             c,
             listen={"input": "silence", "output": None},
             dial={
-                "input": f"file:{speech_dir / 'en_arctic_prompts_cathy_b0006.wav'}",
+                "input": c.media(speech_dir / "en_arctic_prompts_cathy_b0006.wav"),
                 "output": None,
             },
         )

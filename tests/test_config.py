@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,6 +40,19 @@ def test_defaults(tmp_path):
         ({"IM_VAD_AGGRESSIVENESS": "4"}, "IM_VAD_AGGRESSIVENESS"),
         ({"IM_HELLO_TIMEOUT_S": "-1"}, "IM_HELLO_TIMEOUT_S"),
         ({"IM_API_HOST": "two words"}, "IM_API_HOST"),
+        # Only SQLite and PostgreSQL (psycopg): a traceback from the store, before.
+        ({"IM_DATABASE_URL": "mysql://x"}, "IM_DATABASE_URL"),
+        ({"IM_DATABASE_URL": "postgresql+asyncpg://u@h/db"}, "IM_DATABASE_URL"),
+        ({"IM_DATABASE_URL": "postgresql://u:pw@h:port/db"}, "IM_DATABASE_URL"),
+        ({"IM_DATABASE_URL": "sqlite:////etc/passwd/calls.db"}, "IM_DATABASE_URL"),
+        ({"IM_DATA_DIR": "/etc/passwd"}, "IM_DATA_DIR"),
+        ({"IM_MODEL_DIR": "/etc/passwd"}, "IM_MODEL_DIR"),
+        ({"IM_HTTP_MAX_CONNECTIONS": "0"}, "IM_HTTP_MAX_CONNECTIONS"),
+        ({"IM_HTTP_MAX_CONNECTIONS": "many"}, "IM_HTTP_MAX_CONNECTIONS"),
+        ({"IM_HTTP_IDLE_TIMEOUT_S": "0"}, "IM_HTTP_IDLE_TIMEOUT_S"),
+        ({"IM_HTTP_IDLE_TIMEOUT_S": "86400"}, "IM_HTTP_IDLE_TIMEOUT_S"),
+        ({"IM_API_ALLOWED_HOSTS": "api.example:8080"}, "IM_API_ALLOWED_HOSTS"),
+        ({"IM_API_ALLOWED_HOSTS": "evil host"}, "IM_API_ALLOWED_HOSTS"),
     ],
 )
 def test_bad_values_are_refused_naming_the_variable(env, variable):
@@ -63,3 +79,38 @@ def test_a_public_api_needs_a_token_unless_told_otherwise():
 def test_the_token_never_appears_in_the_settings_repr():
     secret = "s3cret-s3cret-s3cret"
     assert secret not in repr(load_settings({"IM_API_TOKEN": secret}))
+
+
+def test_a_bad_store_or_data_dir_is_a_configuration_error_from_the_command(tmp_path):
+    """What `python -m service` prints: the variable and exit status 2, no traceback."""
+    root = Path(__file__).resolve().parents[1]
+    for env, variable in [
+        ({"IM_DATABASE_URL": "mysql://x"}, "IM_DATABASE_URL"),
+        ({"IM_DATA_DIR": "/etc/passwd"}, "IM_DATA_DIR"),
+    ]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "service"],
+            env={**os.environ, "IM_DATA_DIR": str(tmp_path), **env},
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.startswith(f"configuration error: {variable}"), proc.stderr
+
+
+def test_http_bounds_and_allowed_hosts(tmp_path):
+    s = load_settings({"IM_DATA_DIR": str(tmp_path)})
+    assert (s.http_max_connections, s.http_idle_timeout_s, s.api_allowed_hosts) == (256, 10.0, ())
+    s = load_settings(
+        {
+            "IM_HTTP_MAX_CONNECTIONS": "64",
+            "IM_HTTP_IDLE_TIMEOUT_S": "2.5",
+            "IM_API_ALLOWED_HOSTS": " API.example., [2001:db8::1],192.0.2.1 ,",
+        }
+    )
+    assert (s.http_max_connections, s.http_idle_timeout_s) == (64, 2.5)
+    assert s.api_allowed_hosts == ("api.example", "2001:db8::1", "192.0.2.1")
+    assert load_settings({"IM_API_ALLOWED_HOSTS": "*"}).api_allowed_hosts == ("*",)

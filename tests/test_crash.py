@@ -52,7 +52,7 @@ def test_sigkill_mid_call_loses_no_committed_segment(tmp_path, model_dir):
             b,
             a,
             listen={"input": "silence", "output": None},
-            dial={"input": f"file:{speech}", "output": None},
+            dial={"input": a.media(speech), "output": None},
         )
         a_id, b_id = call_a["id"], call_b["id"]
 

@@ -350,7 +350,7 @@ def test_a_client_that_never_reads_is_cut_off_while_one_that_reads_gets_everythi
     stuck = socket.socket()
     stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stuck.connect(("127.0.0.1", served.server.server_port))
-    stuck.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+    stuck.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
     reader = served.feed(call_id, params={"stats": "false"})
     hub_until(lambda: bus.listeners == 2, 10, "both listeners")
 
@@ -435,7 +435,7 @@ def call_feeds(tmp_path_factory, model_dir, speech_dir) -> dict[str, Any]:
                 "mode": "dial",
                 "peer": listen["address"],
                 "token": listen["token"],
-                "input": f"file:{speech_dir / SONNETS}",
+                "input": b.media(speech_dir / SONNETS),
                 "output": None,
             },
         )

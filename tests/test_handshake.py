@@ -8,11 +8,13 @@ import json
 import time
 
 import gevent
+import gevent.event
 import pytest
 from gevent import socket as gsocket
 from wire import Reader, dial, dial_handshake, listen, make_node, wait_state, wait_until
 
 from service.api import create_app
+from service.calls.session import _Pending
 from service.transport import handshake
 from service.transport import protocol as p
 
@@ -350,3 +352,128 @@ def test_pings_do_not_stretch_the_hello_deadline(nodes):
         assert listening.state == "listening"
     finally:
         sock.close()
+
+
+def hold_handshakes(address: str, source: str, count: int, hello: bool, stop) -> None:
+    """Keep ``count`` connections from ``source`` stalled in their handshake (silent, or
+    after a hello, which needs no token) until ``stop`` is set, opening a new one whenever
+    the listener drops one: what an attacker without the token does to lock a call."""
+    host, port = address.rsplit(":", 1)
+    held: list = []
+    while not stop.is_set():
+        held = [s for s in held if not _closed_by_peer(s)]
+        while len(held) < count and not stop.is_set():
+            s = gsocket.socket()
+            s.bind((source, 0))
+            s.connect((host, int(port)))
+            if hello:
+                s.sendall(p.encode(p.Hello(transcribes=False, nonce=handshake.new_nonce())))
+            held.append(s)
+        gevent.sleep(0.01)
+    for s in held:
+        s.close()
+
+
+def _closed_by_peer(s) -> bool:
+    s.setblocking(False)
+    try:
+        while data := s.recv(4096):
+            del data
+        return True  # orderly close
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("hello", [False, True], ids=["silent", "after-hello"])
+@pytest.mark.parametrize("source", ["127.0.0.2", "127.0.0.1"], ids=["other-host", "same-host"])
+def test_connections_stalled_in_their_handshake_cannot_lock_the_caller_out(nodes, source, hello):
+    """All 16 handshake places held (and re-taken as soon as the listener drops one) by
+    connections that never prove the token: the caller with the token still gets in. Before,
+    it was refused at once, with a misleading "a TLS listener?" guess."""
+    a, b = nodes
+    listening = listen(a)
+    stop = gevent.event.Event()
+    attacker = gevent.spawn(hold_handshakes, listening.local_address, source, 16, hello, stop)
+    try:
+        wait_until(lambda: len(listening._handshakes) >= 4, what="the attacker's connections")
+        gevent.sleep(0.2)
+        dialing = dial(b, listening.local_address, listening.token)
+        wait_state(dialing, {"connected", "failed"})
+        assert dialing.state == "connected", dialing.end_reason
+    finally:
+        stop.set()
+        attacker.join(5)
+
+
+def test_a_caller_turned_away_for_want_of_places_is_told_why(nodes):
+    """Every place held by connections that proved the token is impossible to arrange from
+    outside, so this fills them from inside: the refused dialer reads the reason instead of
+    guessing at TLS from a silent close."""
+    a, b = nodes
+    listening = listen(a)
+    for n in range(16):
+        fake = gevent.spawn(gevent.sleep, 30)
+        listening._handshakes[fake] = _proven(f"10.0.0.{n}")
+    try:
+        dialing = dial(b, listening.local_address, listening.token)
+        wait_state(dialing, {"failed"})
+        assert dialing.end_reason == "rejected: too many connections still handshaking"
+    finally:
+        for g in list(listening._handshakes):
+            g.kill(block=False)
+
+
+def _proven(host: str) -> _Pending:
+    return _Pending(host, proven=True)
+
+
+def test_a_listening_call_outlives_running_out_of_descriptors(nodes):
+    """accept() failing with EMFILE (every descriptor taken, e.g. by idle HTTP connections)
+    used to end the accept loop silently: the call still said `listening` and never accepted
+    again. It must back off, keep listening, and take the caller once descriptors return."""
+    import resource
+
+    a, b = nodes
+    listening = listen(a)
+    host, port = listening.local_address.rsplit(":", 1)
+    early = gsocket.socket()  # its descriptor is taken before they run out
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hogs = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 4096), hard))
+        with contextlib.suppress(OSError):
+            while True:
+                hogs.append(open("/dev/null", "rb"))  # noqa: SIM115 - held on purpose
+        early.connect((host, int(port)))  # queued by the kernel; accept() now fails EMFILE
+        gevent.sleep(0.5)
+    finally:
+        for f in hogs:
+            f.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    early.close()
+    assert listening.state == "listening"
+    dialing = dial(b, listening.local_address, listening.token)
+    wait_state(dialing, {"connected", "failed"})
+    assert dialing.state == "connected", dialing.end_reason
+
+
+def test_an_ended_session_keeps_its_rejected_connection_and_segment_counts(nodes):
+    """Once a call ended, its view came from the store, which kept neither count: an ended
+    call that had been probed by wrong callers looked as if nobody had tried."""
+    a, b = nodes
+    listening = listen(a)
+    wrong = dial(b, listening.local_address, "not-the-token")
+    wait_state(wrong, {"failed"})
+    wait_until(lambda: listening.rejected_connections == 1, what="the wrong caller counted")
+    listening.end("hangup")
+    client = create_app(a).test_client()
+    for view in (
+        client.get(f"/sessions/{listening.id}").get_json(),
+        next(s for s in client.get("/sessions").get_json()["sessions"] if s["id"] == listening.id),
+    ):
+        assert view["state"] == "ended"
+        assert view["stats"]["rejected_connections"] == 1
+        assert view["stats"]["segments"] == {"local": 0, "remote": 0}
+        assert view["stats"]["segments_refused"] == 0

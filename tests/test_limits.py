@@ -138,7 +138,7 @@ def test_a_frozen_peer_is_dropped_and_the_other_call_keeps_flowing(three_nodes, 
     A must end that call as peer_lost within about the 5 s liveness window, while its call
     with C keeps moving audio both ways in real time and A keeps transcribing it."""
     a, b, c = three_nodes
-    speech = f"file:{looped_clip(tmp_path / 'jfk-x3.wav', 3)}"
+    speech = a.media(looped_clip(tmp_path / "jfk-x3.wav", 3))
     # A is silent towards B, so ending that call waits for no transcription: what is timed
     # is how soon the hang is noticed.
     a1, b1 = start_call(a, b, listen=SILENT, dial=SILENT)
@@ -253,7 +253,7 @@ def test_a_peer_that_talks_but_barely_listens_costs_bounded_memory(three_nodes, 
     A queues for B must stay bounded (by dropping, or by ending the call: the link's
     choice), and A's other call must keep flowing and being transcribed."""
     a, b, c = three_nodes
-    speech = f"file:{looped_clip(tmp_path / 'jfk-x3.wav', 3)}"
+    speech = a.media(looped_clip(tmp_path / "jfk-x3.wav", 3))
     # A speaks in both calls: its transcripts for B go down the clogged link too.
     talking = {"input": speech, "output": None}
     a1 = a.call("POST", "/sessions", 201, json={"mode": "listen", "port": 0, **talking})

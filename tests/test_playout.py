@@ -236,6 +236,43 @@ def test_sequence_numbers_wrap_at_32_bits() -> None:
     assert s["frames_played"] == 6 and s["resyncs"] == 0 and s["frames_dropped_late"] == 0
 
 
+HOSTILE_SEQUENCES = {
+    # Found by an attacker: two frames in one write before the first tick froze the node.
+    "2**31 then 0": [2**31, 0],
+    "0 then 2**31": [0, 2**31],
+    "top of u32 then the middle": [0xFFFFFFFF, 2**31 - 1],
+    "steps of one capacity": [i * 49 for i in range(200)],
+    "alternating halves": [(i % 2) * 2**31 + i for i in range(200)],
+    "reversed": list(range(10_000, 9_800, -1)),
+}
+
+
+@pytest.mark.parametrize("seqs", HOSTILE_SEQUENCES.values(), ids=HOSTILE_SEQUENCES.keys())
+def test_any_sequence_numbers_cost_work_in_proportion_to_the_frames_sent(seqs) -> None:
+    """A peer chooses its sequence numbers. Whatever they are, each push and pull is bounded
+    by the buffer's capacity, never by the distance between two numbers: here every push
+    and 200 pulls (run with a clock far behind, which triggers the catch-up path) must finish
+    well within 2 s; the old catch-up loop walked 2**31 numbers one by one (minutes, with
+    the gevent hub, or the playout thread holding the lock, stuck all the while)."""
+    t = [0.0]
+    b = PlayoutBuffer(clock=lambda: t[0], wall_clock=lambda: t[0])
+    frame = tone(F).astype("<i2").tobytes()
+
+    def attack() -> None:
+        for seq in seqs:
+            b.push(seq, 0, "pcm16", frame)
+        for _ in range(200):
+            t[0] += 1.0  # every tick finds the schedule far behind: catch up
+            b.pull()
+            b.push(seqs[-1], 0, "pcm16", frame)
+
+    worker = threading.Thread(target=attack, daemon=True)
+    worker.start()
+    worker.join(timeout=2.0)
+    assert not worker.is_alive(), "push/pull did work out of proportion to the frames sent"
+    assert len(b._packets) <= b.capacity
+
+
 @pytest.mark.parametrize("codec", ["pcm16", "opus"])
 def test_no_clicks_at_joins(codec: str) -> None:
     """Underrun (fade out, resume), a lost frame, catch-up drops and a skip all happen in

@@ -200,3 +200,36 @@ def test_random_garbage_never_escapes_as_another_exception():
         blob = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 64)))
         with contextlib.suppress(p.ProtocolError):
             p.Decoder().feed(blob)
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("127.0.0.1:7000", ("127.0.0.1", 7000)),
+        ("peer.example:65535", ("peer.example", 65535)),
+        ("[::1]:7000", ("::1", 7000)),
+        ("[fe80::1%eth0]:7000", ("fe80::1%eth0", 7000)),
+        ("127.0.0.1:\u0667\u0660\u0660\u0660", None),  # Arabic-Indic digits: int() takes them
+        ("127.0.0.1:\u00b9", None),  # superscript one: isdigit() says yes
+        ("127.0.0.1\x00:7000", None),
+        ("peer\x1b[31m:7000", None),
+        ("two words:7000", None),
+        ("peer\t:7000", None),
+        ("[peer.example]:7000", None),  # brackets are for IPv6 only
+        ("[::1\x00]:7000", None),
+        ("[::1]", None),
+        ("::1:7000", None),
+        ("peer:0", None),
+        ("peer:070000", None),
+        ("peer:+70", None),
+        (":7000", None),
+    ],
+)
+def test_parse_address_takes_ascii_ports_and_clean_hosts_only(text, expected):
+    from service.transport.link import parse_address
+
+    if expected is None:
+        with pytest.raises(ValueError):
+            parse_address(text)
+    else:
+        assert parse_address(text) == expected

@@ -61,9 +61,9 @@ def test_a_tls_call_connects_and_carries_audio(certs, node_factory, tmp_path):
     cert, key = certs["loopback"]
     a = node_factory("a", **tls_env(cert, key, ca=cert))
     b = node_factory("b", **tls_env(cert, key, ca=cert))
-    heard = tmp_path / "heard.wav"
+    heard = a.settings.media_dir / "heard.wav"
     listening = listen(
-        a, CallOptions(input="silence", output=f"file:{heard}", language=None, transcribe=False)
+        a, CallOptions(input="silence", output="file:heard.wav", language=None, transcribe=False)
     )
     dialing = dial(
         b,

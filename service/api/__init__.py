@@ -7,6 +7,7 @@ from flask import Flask
 from service.api import events, sessions, system
 from service.api.auth import bearer_guard
 from service.api.errors import register_error_handlers
+from service.api.guard import feed_limit, register_feed_limit, request_guard
 from service.api.spec import spec
 from service.node import Node
 
@@ -20,7 +21,11 @@ def create_app(node: Node) -> Flask:
     app.register_blueprint(events.bp)
     app.register_blueprint(system.bp)
     register_error_handlers(app)
+    # In this order: a foreign Host or a cross-origin write is refused before the token
+    # is even looked at, and only an authorized feed takes one of the feed slots.
+    app.before_request(request_guard(node.settings))
     if node.settings.api_token:
         app.before_request(bearer_guard(node.settings.api_token))
+    register_feed_limit(app, feed_limit(node.settings))
     spec.register(app)
     return app

@@ -1,9 +1,16 @@
-"""Rendering a transcript as JSON, plain text, SRT or WebVTT."""
+"""Rendering a transcript as JSON, plain text, SRT or WebVTT.
+
+Whatever a row holds, a renderer answers: texts are made one line again (``clean_text``,
+which also covers rows stored before texts were cleaned on arrival) and escaped for the
+format, and times outside a clock's range are clamped, never an error.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+from service.calls.peer import clean_text
 from service.store.models import Segment
 
 SPEAKER_LABELS = {"local": "Local", "remote": "Remote"}
@@ -48,8 +55,13 @@ def final_event(s: Segment) -> dict:
     }
 
 
+MAX_CLOCK_S = 100 * 3600 - 0.001  # 99:59:59.999, the widest HH:MM:SS clock
+
+
 def _clock(seconds: float, sep: str) -> str:
-    ms = round(seconds * 1000)
+    if not math.isfinite(seconds):
+        seconds = 0.0 if math.isnan(seconds) or seconds < 0 else MAX_CLOCK_S
+    ms = round(min(max(seconds, 0.0), MAX_CLOCK_S) * 1000)
     h, ms = divmod(ms, 3_600_000)
     m, ms = divmod(ms, 60_000)
     s, ms = divmod(ms, 1000)
@@ -58,20 +70,30 @@ def _clock(seconds: float, sep: str) -> str:
 
 def as_text(segments: Sequence[Segment]) -> str:
     return "".join(
-        f"[{_clock(s.start_s, '.')}] {SPEAKER_LABELS[s.speaker]}: {s.text}\n" for s in segments
+        f"[{_clock(s.start_s, '.')}] {SPEAKER_LABELS[s.speaker]}: {clean_text(s.text)}\n"
+        for s in segments
     )
 
 
 def as_srt(segments: Sequence[Segment]) -> str:
     blocks = [
         f"{i}\n{_clock(s.start_s, ',')} --> {_clock(s.end_s, ',')}\n"
-        f"{SPEAKER_LABELS[s.speaker]}: {s.text}\n"
+        f"{SPEAKER_LABELS[s.speaker]}: {_srt_text(s.text)}\n"
         for i, s in enumerate(segments, 1)
     ]
     return "\n".join(blocks)
 
 
+def _srt_text(text: str) -> str:
+    """One line that no SRT reader takes for markup or a timing line."""
+    text = clean_text(text).replace("-->", "->")
+    return text.replace("<", "\u2039").replace(">", "\u203a").replace("{", "(").replace("}", ")")
+
+
 def _vtt_escape(text: str) -> str:
+    """Cue text per WebVTT: one line (a blank one would end the cue), `&`, `<` and `>` as
+    character references, so no `-->` or tag is left."""
+    text = clean_text(text)
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 # What CreateSession._mode_fields enforces, stated in the schema as well, so that clients
 # (and schemathesis) know a dial needs `peer` and `token`, a listen takes neither, and an
@@ -34,7 +34,8 @@ class CreateSession(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra=lambda s: s.update(MODE_RULES))
 
     mode: Literal["listen", "dial"]
-    port: int | None = Field(
+    # strict: JSON `true` is not port 1, nor "7000" a number (the schema says integer).
+    port: StrictInt | None = Field(
         None,
         ge=0,
         le=65535,
@@ -44,13 +45,14 @@ class CreateSession(BaseModel):
     token: str | None = Field(
         None, min_length=1, max_length=256, description="dial: the listener's call token"
     )
-    input: str | int = Field(
+    input: str | StrictInt = Field(  # `true` is not device 1
         "default",
         description="PortAudio device index or name, `default`, `file:PATH` (WAV, real time), "
         "`tone:HZ`, or `silence`",
     )
-    output: str | int | None = Field(
-        "default", description="PortAudio device index or name, `default`, `file:PATH`, or null"
+    output: str | StrictInt | None = Field(
+        "default",
+        description="PortAudio device index or name, `default`, `file:PATH`, or null",
     )
     language: str | None = Field(
         None, min_length=2, max_length=16, description="spoken language (ISO 639-1); auto if unset"
@@ -139,11 +141,12 @@ class SessionList(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok", "loading"]
+    status: Literal["ok", "loading", "storage_failed"]
     model: str
     model_loaded: bool
     device: str | None
     live_calls: int
+    storage_error: str | None = None
 
 
 class DeviceOut(BaseModel):

@@ -32,7 +32,12 @@ def _node() -> Node:
     return current_app.extensions["intellimeet.node"]
 
 
-def _stored_snapshot(call: Call) -> dict[str, Any]:
+def _stored_snapshot(call: Call, segments: dict[str, int] | None = None) -> dict[str, Any]:
+    """An ended (or interrupted) call as the store keeps it; ``segments``, the stored count
+    per speaker, when the caller already has it (one query for a whole list)."""
+    if segments is None:
+        segments = _node().store.segment_counts([call.id])[call.id]
+
     def ts(value: datetime | None) -> str | None:
         return value.isoformat() if value is not None else None
 
@@ -56,6 +61,9 @@ def _stored_snapshot(call: Call) -> dict[str, Any]:
             "frames_received": call.frames_received,
             "bytes_sent": call.bytes_sent,
             "bytes_received": call.bytes_received,
+            "rejected_connections": call.rejected_connections,
+            "segments": segments,
+            "segments_refused": call.segments_refused,
         },
     }
 
@@ -114,9 +122,11 @@ def list_sessions():
     """All calls, newest first (live ones with live counters)."""
     node = _node()
     out = []
-    for call in node.store.list_calls():
+    calls = node.store.list_calls()
+    counts = node.store.segment_counts([c.id for c in calls if node.registry.get(c.id) is None])
+    for call in calls:
         live = node.registry.get(call.id)
-        out.append(live.snapshot() if live is not None else _stored_snapshot(call))
+        out.append(live.snapshot() if live is not None else _stored_snapshot(call, counts[call.id]))
     return jsonify({"sessions": out})
 
 

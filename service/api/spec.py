@@ -53,8 +53,10 @@ spec = SpecTree(
 
 
 def openapi_document() -> dict[str, Any]:
-    """spectree's document, plus the 401 that the bearer guard (a before_request hook,
-    which spectree cannot see) answers on every operation that requires the token."""
+    """spectree's document, plus what the before_request hooks (which spectree cannot see)
+    answer: 421 for a foreign Host and 403 for a cross-origin write on every operation
+    (service.api.guard), 503 when the event feeds are all taken, and the 401 of the
+    bearer guard on every operation that requires the token."""
     doc = spec.spec
     schemas = doc.get("components", {}).get("schemas", {})
     error_ref = next(
@@ -62,16 +64,44 @@ def openapi_document() -> dict[str, Any]:
     )
     if error_ref is None:  # pragma: no cover - ErrorBody is declared by several routes
         return doc
-    for operations in doc.get("paths", {}).values():
-        for operation in operations.values():
-            if not isinstance(operation, dict) or operation.get("security") == []:
+
+    def error(description: str) -> dict[str, Any]:
+        return {
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": error_ref}}},
+        }
+
+    for path, operations in doc.get("paths", {}).items():
+        for method, operation in operations.items():
+            if not isinstance(operation, dict):
                 continue
-            operation.setdefault("responses", {}).setdefault(
+            responses = operation.setdefault("responses", {})
+            responses.setdefault(
+                "421",
+                error(
+                    "Misdirected Request: the Host header names none of this node's host "
+                    "names (see IM_API_ALLOWED_HOSTS)"
+                ),
+            )
+            if method.upper() not in ("GET", "HEAD", "OPTIONS"):
+                responses.setdefault(
+                    "403",
+                    error(
+                        "Forbidden: a request that changes state came from another origin "
+                        "(Origin or Sec-Fetch-Site); nothing was changed"
+                    ),
+                )
+            if path.endswith("/events"):
+                responses.setdefault(
+                    "503", error("Service Unavailable: every event feed slot is taken")
+                )
+            if operation.get("security") == []:
+                continue
+            responses.setdefault(
                 "401",
-                {
-                    "description": "Unauthorized: IM_API_TOKEN is set and the request did not "
-                    "carry it as 'Authorization: Bearer ...'",
-                    "content": {"application/json": {"schema": {"$ref": error_ref}}},
-                },
+                error(
+                    "Unauthorized: IM_API_TOKEN is set and the request did not "
+                    "carry it as 'Authorization: Bearer ...'"
+                ),
             )
     return doc

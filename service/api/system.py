@@ -14,16 +14,23 @@ bp = Blueprint("system", __name__)
 @bp.get("/healthz")
 @spec.validate(resp=Resp(HTTP_200=Health, HTTP_503=Health), tags=["system"], security={})
 def healthz():
-    """Liveness and readiness: 200 once the model is loaded, 503 before."""
+    """Liveness and readiness: 200 once the model is loaded and the store takes writes;
+    503 while the model loads (`loading`) or while the last write to the store failed
+    (`storage_failed`, with the reason in `storage_error`, until a write succeeds again)."""
     node = current_app.extensions["intellimeet.node"]
     engine = node.engine
     loaded = engine is not None and engine.loaded
+    storage_error = node.store.write_error
+    status = "ok" if loaded or engine is None else "loading"
+    if storage_error is not None:
+        status = "storage_failed"
     body = {
-        "status": "ok" if loaded or engine is None else "loading",
+        "status": status,
         "model": node.settings.model if engine is not None else "none",
         "model_loaded": loaded,
         "device": engine.device if engine is not None else None,
         "live_calls": len(node.registry.live()),
+        "storage_error": storage_error,
     }
     return jsonify(body), 200 if body["status"] == "ok" else 503
 

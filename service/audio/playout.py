@@ -190,9 +190,13 @@ class PlayoutBuffer:
         now = self._clock()
         ext = self._extend(seq)
         with self._lock:
+            # Measured from what is held, not only from what plays next: before the first
+            # pull, a frame far below the newest would otherwise stretch the schedule
+            # between them over billions of frame slots.
+            start = self._next if self._next is not None else self._newest
             resync = self._newest is not None and (
                 ext > self._newest + self.capacity
-                or (self._next is not None and ext < self._next - self.capacity)
+                or (start is not None and ext < start - self.capacity)
             )
             if resync:
                 # A jump of more than the whole buffer either way: a restarted or confused
@@ -292,15 +296,17 @@ class PlayoutBuffer:
                     skipped = 0
                     if surplus > 6 * FRAME_S and self._newest is not None:
                         # Far behind (a burst after a stall): jump to the target at once,
-                        # keeping at least one frame in hand.
+                        # keeping at least one frame in hand. Only the frames held are
+                        # visited (at most `capacity`), never the numbers in between: a
+                        # peer picks its sequence numbers, and a jump of 2**31 must cost
+                        # what one of 2 does.
                         want = min(int(surplus / FRAME_S) - 1, self._newest - nxt)
-                        for s in range(nxt + 1, nxt + want + 1):
-                            later = self._packets.pop(s, None)
-                            if later is not None:
-                                packet = later
-                                skipped += 1
+                        last = nxt + want
+                        for s in sorted(k for k in self._packets if k <= last):
+                            packet = self._packets.pop(s)
+                            skipped += 1
                         if want > 0:
-                            self._next = nxt + want + 1
+                            self._next = last + 1
                             surplus -= want * FRAME_S
         if action == "idle":
             return self._conceal(None, started=self._started)

@@ -22,8 +22,7 @@ import logging
 import time
 import wave
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import gevent
 import numpy as np
@@ -157,22 +156,24 @@ class NullSink(PacedSink):
 class WavFileSink(PacedSink):
     """Records what is heard, as a 16 kHz mono WAV, tick by tick (silence and concealment
     included, so the file is the call's timeline); a crash keeps everything up to the last
-    tick (the header is patched on close)."""
+    tick (the header is patched on close).
+
+    It is given the file already open (created in the media folder when the session was
+    made, see specs.open_sink) and writes only through that descriptor, never the name
+    again: whatever is put at the name later is not touched. A call that never connects
+    leaves a valid, empty WAV."""
 
     kind = "file"
 
-    def __init__(self, path: Path, playout: PlayoutBuffer | None = None) -> None:
+    def __init__(self, file: BinaryIO, shown: str, playout: PlayoutBuffer | None = None) -> None:
         super().__init__(playout)
-        self.path = path
-        self._wav: wave.Wave_write | None = None
-
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        wav = wave.open(str(self.path), "wb")  # noqa: SIM115 - open for the whole call
+        self.path = shown  # as the caller named it, relative to the media folder
+        self._file: BinaryIO | None = file
+        wav = wave.open(file, "wb")  # noqa: SIM115 - open for the whole call
         wav.setnchannels(1)
         wav.setsampwidth(2)
         wav.setframerate(SAMPLE_RATE)
-        self._wav = wav
+        self._wav: wave.Wave_write | None = wav
 
     def _play(self, pcm: np.ndarray) -> None:
         if self._wav is not None:
@@ -181,8 +182,12 @@ class WavFileSink(PacedSink):
     def _shut(self) -> None:
         if self._wav is not None:
             with contextlib.suppress(OSError):
-                self._wav.close()
+                self._wav.close()  # patches the header; leaves the file to us
             self._wav = None
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
 
     def _extra_stats(self) -> dict[str, Any]:
-        return {"path": str(self.path), "clock_slips": self.clock_slips}
+        return {"path": self.path, "clock_slips": self.clock_slips}

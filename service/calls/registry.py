@@ -11,10 +11,13 @@ from typing import TYPE_CHECKING
 
 import gevent
 from gevent import socket as gsocket
+from sqlalchemy.exc import SQLAlchemyError
 from whisper.tokenizer import LANGUAGES
 
 from service.audio.specs import open_sink, open_source
+from service.calls.peer import NODE_SEGMENT_BURST, NODE_SEGMENTS_PER_S
 from service.calls.session import CallOptions, CallSession, new_token
+from service.ratelimit import TokenBucket
 from service.transport.link import format_address, parse_address
 
 if TYPE_CHECKING:
@@ -41,6 +44,8 @@ class Registry:
         # requests could otherwise both pass the limit check and both be admitted.
         self._admitting = 0
         self.refused_too_many = 0
+        # Segments peers send, across every call of the node (see calls/peer.py).
+        self.remote_segments = TokenBucket(NODE_SEGMENTS_PER_S, NODE_SEGMENT_BURST)
 
     @contextmanager
     def _slot(self) -> Iterator[None]:
@@ -103,8 +108,9 @@ class Registry:
                 "use a multilingual model (IM_MODEL=base)",
             )
         try:
-            source = open_source(options.input)
-            sink = open_sink(options.output)
+            media = self.node.settings.media_dir
+            source = open_source(options.input, media_dir=media)
+            sink = open_sink(options.output, media_dir=media)
         except AudioSpecError as exc:
             raise CallError(422, "unusable_device", str(exc)) from None
         return CallSession(self.node, uuid.uuid4().hex, mode, options, source, sink, token)
@@ -129,6 +135,8 @@ class Registry:
             listener.listen(8)
         except OSError as exc:
             listener.close()
+            session.source.close()
+            session.sink.close()
             raise CallError(
                 422,
                 "unusable_address",
@@ -136,7 +144,11 @@ class Registry:
             ) from None
         bound = listener.getsockname()[1]
         address = format_address(settings.advertise_host, bound)
-        self._record(session, local_address=address)
+        try:
+            self._record(session, local_address=address)
+        except CallError:
+            listener.close()
+            raise
         session.listen(listener, address)
         return session
 
@@ -158,6 +170,20 @@ class Registry:
 
     def _record(self, session: CallSession, **fields: str) -> None:
         o = session.options
+        try:
+            self._add_call(session, o, fields)
+        except SQLAlchemyError as exc:
+            session.source.close()
+            session.sink.close()
+            raise CallError(
+                503,
+                "storage_unavailable",
+                f"cannot store the call: {self.node.store.write_error or exc}",
+            ) from None
+        self._live[session.id] = session
+        log.info("call %s created (%s)", session.id, session.mode)
+
+    def _add_call(self, session: CallSession, o: CallOptions, fields: dict[str, str]) -> None:
         self.node.store.add_call(
             id=session.id,
             mode=session.mode,
@@ -173,8 +199,6 @@ class Registry:
             bytes_received=0,
             **fields,
         )
-        self._live[session.id] = session
-        log.info("call %s created (%s)", session.id, session.mode)
 
     def shutdown(self) -> None:
         """End every call at once: each waits up to its drain timeout for its last

@@ -11,16 +11,18 @@ wait (bounded) for its transcription, send the last finals, then the bye.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import gevent
 import numpy as np
 from gevent.event import Event
+from sqlalchemy.exc import SQLAlchemyError
 
 from service.asr.stream import FinalSegment, StreamTranscriber
 from service.audio.codecs import CodecError, Decoder, Encoder, make_decoder, make_encoder
@@ -28,6 +30,8 @@ from service.audio.frames import FRAME_SAMPLES
 from service.audio.sinks import Sink
 from service.audio.sources import DeviceLost, Source
 from service.calls.events import EventBus
+from service.calls.peer import PeerBudget, check_times, clean_text
+from service.ratelimit import RateLimitedLog
 from service.store.db import SegmentIn
 from service.transport import handshake
 from service.transport import protocol as p
@@ -54,6 +58,23 @@ DRAIN_TIMEOUT_S = 30.0  # longest a hang-up waits for the last utterance's trans
 # a frozen process).
 PEER_SILENCE_S = 5.0
 MAX_PENDING_HANDSHAKES = 16  # connections to one listening call not yet through the hello
+# Of those, how many one source address may hold: a single host cannot take every place.
+MAX_PENDING_PER_SOURCE = 4
+# accept() errors that pass (out of descriptors or memory, a connection reset while queued):
+# the call backs off and keeps listening instead of dying or turning into a zombie.
+TRANSIENT_ACCEPT_ERRORS = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED, errno.EPROTO}
+)
+ACCEPT_BACKOFF_S = (0.05, 1.0)  # first and longest pause after a transient accept error
+
+
+@dataclass
+class _Pending:
+    """A connection to a listening call that has not finished its handshake yet."""
+
+    host: str
+    started: float = field(default_factory=time.monotonic)
+    proven: bool = False  # proved the token and claimed the call: never evicted
 
 
 @dataclass(frozen=True)
@@ -123,11 +144,15 @@ class CallSession:
         self._listener: socket | None = None
         self._ending = False
         self._claimed = False
-        self._handshakes: set[gevent.Greenlet] = set()
+        self._handshakes: dict[gevent.Greenlet, _Pending] = {}
         self._streams: dict[str, StreamTranscriber] = {}
         self._numbers = {"local": 0, "remote": 0}
         self.rejected_connections = 0
         self.segments_stored = {"local": 0, "remote": 0}
+        self.segments_refused = 0  # peer segments with impossible times (never stored)
+        self._budget: PeerBudget | None = None  # what the connected peer may still send
+        self._last_remote_start: float | None = None
+        self._warn = RateLimitedLog(log)  # what a peer can trigger is logged at a bounded rate
         self.events = EventBus()
 
     # -- starting -----------------------------------------------------------------------
@@ -159,20 +184,61 @@ class CallSession:
         )
 
     def _accept_loop(self) -> None:
-        assert self._listener is not None
-        while self.state == "listening":
+        listener = self._listener
+        assert listener is not None
+        pause = ACCEPT_BACKOFF_S[0]
+        while self.state == "listening" and not self._ending:
             try:
-                sock, addr = self._listener.accept()
-            except OSError:
-                return  # listener closed: the call connected or ended
+                sock, addr = listener.accept()
+            except OSError as exc:
+                if self._ending or self.state != "listening" or listener.fileno() == -1:
+                    return  # listener closed: the call connected or ended
+                if exc.errno in TRANSIENT_ACCEPT_ERRORS:
+                    self._warn.warning(
+                        "accept",
+                        "call %s: cannot accept a connection now (%s); still listening",
+                        self.id,
+                        exc.strerror or exc,
+                    )
+                    gevent.sleep(pause)
+                    pause = min(2 * pause, ACCEPT_BACKOFF_S[1])
+                    continue
+                log.error("call %s: listening failed: %s", self.id, exc)
+                self._spawn(self._fail, f"listen_failed: {exc.strerror or exc}")
+                return
+            pause = ACCEPT_BACKOFF_S[0]
             peer = f"{addr[0]}:{addr[1]}"
-            if len(self._handshakes) >= MAX_PENDING_HANDSHAKES:
+            if not self._make_room(addr[0]):
                 # The hello deadline bounds how long each one lives, this bounds how many.
                 self._turn_away(sock, peer, "too many connections still handshaking")
                 continue
             g = gevent.spawn(self._handshake_incoming, sock, peer)
-            self._handshakes.add(g)
-            g.link(self._handshakes.discard)
+            self._handshakes[g] = _Pending(addr[0])
+            g.link(lambda done: self._handshakes.pop(done, None))
+
+    def _make_room(self, host: str) -> bool:
+        """Whether a new connection from ``host`` may start its handshake, evicting the
+        oldest one that has not proved the token when the places are taken. Nothing before
+        the proof needs the token (a hello is free to send), so connections that stall in
+        their handshake cannot lock the caller out: each newcomer pushes the oldest out, and
+        the caller, whose handshake takes a round trip or two, is only pushed out if the
+        places turn over completely meanwhile. A source that holds MAX_PENDING_PER_SOURCE
+        evicts only its own, so one host cannot push out another's caller at all."""
+        waiting = list(self._handshakes.items())
+        same = [(g, h) for g, h in waiting if h.host == host]
+        if len(same) >= MAX_PENDING_PER_SOURCE:
+            candidates = same
+        elif len(waiting) >= MAX_PENDING_HANDSHAKES:
+            candidates = waiting
+        else:
+            return True
+        unproven = [(h.started, g) for g, h in candidates if not h.proven]
+        if not unproven:
+            return False
+        _, oldest = min(unproven, key=lambda item: item[0])
+        self._handshakes.pop(oldest, None)
+        oldest.kill(block=False)  # it counts and closes its own connection
+        return True
 
     def _handshake_incoming(self, sock: socket, peer: str) -> None:
         """Check one incoming connection: TLS when configured, then hellos and proofs (see
@@ -208,12 +274,21 @@ class CallSession:
             # Claimed before the reply (which yields), so two right callers arriving
             # together cannot both be connected.
             self._claimed = claimed = True
+            pending = self._handshakes.get(gevent.getcurrent())
+            if pending is not None:
+                pending.proven = True
             link.send(p.Auth(proof=handshake.proof(self.token, handshake.LISTENER, transcript)))
         except (p.ProtocolError, LinkClosed, TimeoutError, OSError) as exc:
             self._turn_away(conn, peer, str(exc) or type(exc).__name__, say_bye=False)
             if claimed:
                 self._claimed = False
             return
+        except gevent.GreenletExit:
+            # Evicted by a newer connection (see _make_room) before proving the token.
+            self._turn_away(conn, peer, "evicted by newer connections", say_bye=False)
+            if claimed:
+                self._claimed = False
+            raise
         self.peer_address = peer
         if self._listener is not None:
             self._listener.close()
@@ -223,11 +298,20 @@ class CallSession:
         """Count, log and close a connection that may not join; tell it why when the
         connection can still carry a message."""
         self.rejected_connections += 1
-        log.warning("call %s: rejected connection from %s: %s", self.id, peer, why)
+        self._warn.warning(
+            "rejected", "call %s: rejected connection from %s: %r", self.id, peer, why
+        )
+        # Cut to what the peer's parser accepts: `why` can quote the peer's input.
+        bye = p.Bye(reason=("rejected: " + why)[: p.MAX_REASON])
         if say_bye and isinstance(conn, Link):
             with contextlib.suppress(LinkClosed):
-                # Cut to what the peer's parser accepts: `why` can quote the peer's input.
-                conn.send(p.Bye(reason=("rejected: " + why)[: p.MAX_REASON]))
+                conn.send(bye)
+        elif say_bye and self.node.settings.tls_cert is None:
+            # Not yet a Link (turned away before its hello): a plain-TCP dialer can still
+            # read why, instead of guessing from a silent close.
+            with contextlib.suppress(OSError):
+                conn.setblocking(False)
+                conn.send(p.encode(bye))
         conn.close()
 
     def _dial(self, host: str, port: int) -> None:
@@ -308,6 +392,7 @@ class CallSession:
             log.exception("call %s: audio failed to start", self.id)
             self._spawn(self.end, f"audio_failed: {exc}")
             return
+        self._budget = PeerBudget(time.monotonic(), self.node.registry.remote_segments)
         self._persist(
             state="connected",
             connected_at=datetime.fromtimestamp(self.connected_at, UTC),
@@ -369,8 +454,9 @@ class CallSession:
 
     def _recv_loop(self) -> None:
         link = self.link
-        assert link is not None
-        while True:
+        budget = self._budget
+        assert link is not None and budget is not None
+        while True:  # link.recv yields to the hub between any two messages
             try:
                 message = link.recv(timeout=PEER_SILENCE_S, pings_keep_alive=True)
             except (LinkClosed, TimeoutError) as exc:
@@ -384,19 +470,34 @@ class CallSession:
                 log.warning("call %s: protocol error from %s: %s", self.id, link.peer, exc)
                 self._spawn(self.end, "protocol_error", False)
                 return
+            flood = None
             if isinstance(message, p.Audio):
-                self.sink.playout.push(
-                    message.seq, message.capture_time_us, message.codec, message.payload
-                )
-                if "remote" in self._streams:
-                    self._feed("remote", self._decode_remote(message))
+                flood = budget.audio()
+                if flood is None:
+                    self.sink.playout.push(
+                        message.seq, message.capture_time_us, message.codec, message.payload
+                    )
+                    if "remote" in self._streams:
+                        self._feed("remote", self._decode_remote(message))
             elif isinstance(message, p.Transcript):
-                self._store_remote(message)
+                flood = budget.segment(message.text)
+                if flood is None and not self._store_remote(message):
+                    return  # the store failed: the call is ending with that reason
             elif isinstance(message, p.Bye):
-                self._spawn(self.end, f"peer_{message.reason}", False)
+                reason = clean_text(message.reason)
+                log.info("call %s: peer said bye: %r", self.id, reason)
+                self._spawn(self.end, f"peer_{reason}", False)
                 return
             else:
-                log.warning("call %s: unexpected %s mid-call", self.id, type(message).__name__)
+                self._warn.warning(
+                    "stray", "call %s: unexpected %s mid-call", self.id, type(message).__name__
+                )
+            if flood is not None:
+                log.warning(
+                    "call %s: peer %s floods: %s; ending the call", self.id, link.peer, flood
+                )
+                self._spawn(self.end, "peer_flood", False)
+                return
 
     def _decode_remote(self, message: p.Audio) -> np.ndarray:
         """The peer's frame as PCM for our transcriber of the peer. A decoder of its own:
@@ -408,7 +509,14 @@ class CallSession:
         try:
             return self._remote_decoder.decode(message.payload)
         except CodecError as exc:
-            log.warning("call %s: undecodable %s frame %d: %s", self.id, name, message.seq, exc)
+            self._warn.warning(
+                "undecodable",
+                "call %s: undecodable %s frame %d: %s",
+                self.id,
+                name,
+                message.seq,
+                exc,
+            )
             return np.zeros(FRAME_SAMPLES, dtype=np.int16)
 
     # -- transcription ------------------------------------------------------------------
@@ -446,16 +554,31 @@ class CallSession:
             number = self._numbers[speaker]
             self._numbers[speaker] += 1
             figures = _figures(r)
+            figures["text"] = clean_text(figures["text"])
             # Committed first: only a durable segment is reported to anyone.
-            self._store(speaker, number, r.start_s, r.end_s, figures, r.task, utterance)
+            if not self._store(speaker, number, r.start_s, r.end_s, figures, r.task, utterance):
+                return
             if speaker == "local" and self.link is not None and not self.link.closed:
                 with contextlib.suppress(LinkClosed):
                     self.link.send(p.Transcript(no=number, start=r.start_s, end=r.end_s, **figures))
 
-    def _store_remote(self, t: p.Transcript) -> None:
+    def _store_remote(self, t: p.Transcript) -> bool:
+        """Keep a segment the peer transcribed, if its times can be right; False only when
+        the store failed (and the call is ending)."""
         if "remote" in self._streams:
-            return  # we transcribe the peer ourselves; it said it would not
-        self._store("remote", t.no, t.start, t.end, _figures(t))
+            return True  # we transcribe the peer ourselves; it said it would not
+        call_s = time.time() - (self.connected_at or time.time())
+        wrong = check_times(t.start, t.end, call_s, self._last_remote_start)
+        if wrong is not None:
+            self.segments_refused += 1
+            self._warn.warning(
+                "times", "call %s: refused peer segment %d: %s", self.id, t.no, wrong
+            )
+            return True
+        self._last_remote_start = t.start
+        figures = _figures(t)
+        figures["text"] = clean_text(figures["text"])
+        return self._store("remote", t.no, t.start, t.end, figures)
 
     def _store(
         self,
@@ -466,14 +589,20 @@ class CallSession:
         figures: dict[str, Any],
         task: str | None = None,
         utterance: int | None = None,
-    ) -> None:
-        """Commit a final, then (only then) publish it with its row id as the event id."""
+    ) -> bool:
+        """Commit a final, then (only then) publish it with its row id as the event id.
+        False when the store failed: the call then ends with that reason, for a call that
+        cannot keep what is said must not go on as if it did."""
         seg = SegmentIn(
             speaker=speaker, number=number, start_s=start, end_s=end, task=task, **figures
         )
-        row = self.node.store.add_segment(self.id, seg)
+        try:
+            row = self.node.store.add_segment(self.id, seg)
+        except SQLAlchemyError as exc:
+            self._storage_failed(exc)
+            return False
         if row is None:
-            return  # delivered twice: stored and published the first time
+            return True  # delivered twice: stored and published the first time
         self.segments_stored[speaker] += 1
         self._publish(
             "final",
@@ -490,6 +619,14 @@ class CallSession:
             },
             row.id,
         )
+        return True
+
+    def _storage_failed(self, exc: SQLAlchemyError) -> None:
+        if self._ending:
+            return
+        why = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
+        log.error("call %s: cannot store its transcript (%s); ending the call", self.id, why)
+        self._spawn(self.end, f"storage_failed: {why}", False)
 
     # -- ending -------------------------------------------------------------------------
 
@@ -530,6 +667,8 @@ class CallSession:
             state=self.state,
             ended_at=datetime.fromtimestamp(self.ended_at, UTC),
             end_reason=reason,
+            rejected_connections=self.rejected_connections,
+            segments_refused=self.segments_refused,
             **self._counters(),
         )
         log.info("call %s %s: %s", self.id, self.state, reason)
@@ -583,6 +722,7 @@ class CallSession:
                 **self._counters(),
                 "rejected_connections": self.rejected_connections,
                 "segments": dict(self.segments_stored),
+                "segments_refused": self.segments_refused,
                 "asr_pending": self._pending_asr,
                 "in_speech": any(s.in_speech for s in self._streams.values()),
                 "input": self.source.stats,

@@ -19,10 +19,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .models import Call, Segment
@@ -126,23 +127,40 @@ class Store:
         self.engine = make_engine(url)
         self._insert = _INSERT[self.engine.dialect.name]
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Why the last write failed (a full disk, a lost server), until one succeeds again:
+        # /healthz reports it, so a node that cannot keep transcripts does not say "ok".
+        self.write_error: str | None = None
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         with self._sessions() as s, s.begin():
             yield s
 
+    @contextmanager
+    def writing(self, clears: bool = True) -> Iterator[Session]:
+        """A session for a write, whose failure sets ``write_error``. Only a write that adds
+        rows (``clears``) clears it: a nearly full disk may still take an update in place
+        while every new segment fails, and that is not a node that keeps transcripts."""
+        try:
+            with self.session() as s:
+                yield s
+        except SQLAlchemyError as exc:
+            self.write_error = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
+            raise
+        if clears:
+            self.write_error = None
+
     def upgrade(self) -> None:
         upgrade(self.url)
 
     def add_call(self, **fields: Any) -> Call:
         call = Call(created_at=utcnow(), **fields)
-        with self.session() as s:
+        with self.writing() as s:
             s.add(call)
         return call
 
     def update_call(self, call_id: str, **fields: Any) -> None:
-        with self.session() as s:
+        with self.writing(clears=False) as s:
             call = s.get(Call, call_id)
             if call is None:
                 raise KeyError(call_id)
@@ -172,8 +190,23 @@ class Store:
             .on_conflict_do_nothing(index_elements=["call_id", "speaker", "number"])
             .returning(Segment)
         )
-        with self.session() as s:
+        with self.writing() as s:
             return s.scalar(stmt)
+
+    def segment_counts(self, call_ids: list[str]) -> dict[str, dict[str, int]]:
+        """Stored segments per call and speaker, in one query (for the session views)."""
+        counts: dict[str, dict[str, int]] = {c: {"local": 0, "remote": 0} for c in call_ids}
+        if not call_ids:
+            return counts
+        with self.session() as s:
+            stmt = (
+                select(Segment.call_id, Segment.speaker, func.count())
+                .where(Segment.call_id.in_(call_ids))
+                .group_by(Segment.call_id, Segment.speaker)
+            )
+            for call_id, speaker, n in s.execute(stmt):
+                counts[call_id][speaker] = n
+        return counts
 
     def segments(self, call_id: str, after_id: int | None = None) -> list[Segment]:
         """Both speakers in time order; ties keep arrival order."""
@@ -186,7 +219,7 @@ class Store:
 
     def mark_unfinished_calls(self, state: str, reason: str) -> int:
         """Calls a previous run of this node left open (it was killed) are closed here."""
-        with self.session() as s:
+        with self.writing(clears=False) as s:
             calls = s.scalars(select(Call).where(Call.ended_at.is_(None))).all()
             for call in calls:
                 call.state = state

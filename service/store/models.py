@@ -75,6 +75,9 @@ class Call(Base):
     frames_received: Mapped[int] = mapped_column(Integer, default=0)
     bytes_sent: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_received: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Kept when the call ends, so an ended session still shows what was turned away.
+    rejected_connections: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    segments_refused: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     segments: Mapped[list[Segment]] = relationship(
         back_populates="call", cascade="all, delete-orphan", order_by="Segment.id"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import itertools
 import logging
 import socket
@@ -25,6 +26,7 @@ from gevent import socket as gsocket
 from gevent import ssl as gssl
 from gevent.lock import RLock
 
+from service.ratelimit import TokenBucket
 from service.transport.protocol import (
     Audio,
     Decoder,
@@ -38,6 +40,7 @@ from service.transport.protocol import (
 log = logging.getLogger(__name__)
 RECV_CHUNK = 8192
 MAX_OUTSTANDING_PINGS = 16  # older unanswered pings are forgotten (their pongs ignored)
+PONG_RATE, PONG_BURST = 10.0, 20  # pongs a second this side answers with, at most
 RTT_EWMA_WEIGHT = 0.125  # TCP's smoothed-RTT gain (RFC 6298)
 
 
@@ -58,6 +61,7 @@ class LinkStats:
     pings_sent: int = 0
     pongs_received: int = 0
     pings_answered: int = 0
+    pings_ignored: int = 0  # past PONG_RATE: a peer pings once a second
     rtt_ms_last: float | None = None
     rtt_ms_min: float | None = None
     rtt_ms_avg: float | None = None  # exponentially weighted
@@ -80,6 +84,8 @@ class LinkStats:
         return {
             "pings_sent": self.pings_sent,
             "pongs_received": self.pongs_received,
+            "pings_answered": self.pings_answered,
+            "pings_ignored": self.pings_ignored,
             "rtt_ms_last": r(self.rtt_ms_last),
             "rtt_ms_min": r(self.rtt_ms_min),
             "rtt_ms_avg": r(self.rtt_ms_avg),
@@ -88,14 +94,27 @@ class LinkStats:
 
 
 def parse_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[IPv6]:PORT`` to a (host, port) pair; ValueError if malformed."""
+    """``HOST:PORT`` or ``[IPv6]:PORT`` to a (host, port) pair; ValueError if malformed.
+
+    Strict on purpose: ``str.isdigit`` and ``int`` take any script's digits, and a NUL or
+    a control character in a host name would reach the resolver and the logs."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit():
+    if not sep or not host or not (port.isascii() and port.isdigit() and len(port) <= 5):
         raise ValueError(f"peer must look like HOST:PORT, got {text!r}")
+    if not host.isprintable() or any(c.isspace() for c in host):
+        raise ValueError(f"peer host must be a host name or IP address, got {text!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(
+                f"[...] in a peer address must hold an IPv6 address, got {text!r}"
+            ) from None
     elif ":" in host:
         raise ValueError(f"write IPv6 peers as [ADDR]:PORT, got {text!r}")
+    elif any(c in "[]/@" for c in host):
+        raise ValueError(f"peer host must be a host name or IP address, got {text!r}")
     value = int(port)
     if not 1 <= value <= 65535:
         raise ValueError(f"port must be 1-65535, got {value}")
@@ -223,6 +242,7 @@ class Link:
         self._send_lock = RLock()
         self._ping_ids = itertools.count(1)
         self._pings: OrderedDict[int, int] = OrderedDict()  # id -> monotonic ns when sent
+        self._pong_budget = TokenBucket(PONG_RATE, PONG_BURST)
         self._keepalive: gevent.Greenlet | None = None
         self._send_error = ""
         self.closed = False
@@ -276,10 +296,17 @@ class Link:
         handshake) pings cannot stretch a deadline."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            # The hub gets a turn between any two messages, pings and pongs included: bytes
+            # already waiting are otherwise read and handled without ever yielding, and a
+            # flood of them would stall every other call, feed and request of the node.
+            gevent.sleep(0)
             message = self._next(deadline)
             if pings_keep_alive and isinstance(message, Ping | Pong) and timeout is not None:
                 deadline = time.monotonic() + timeout
             if isinstance(message, Ping):
+                if not self._pong_budget.take():
+                    self.stats.pings_ignored += 1  # a flood: answered at the budget's pace
+                    continue
                 self.stats.pings_answered += 1
                 with contextlib.suppress(LinkClosed):  # the next read reports it
                     self.send(Pong(id=message.id, sent_us=message.sent_us))
