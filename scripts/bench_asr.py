@@ -10,6 +10,7 @@ comparison, the offline WER/CER of `whisper.transcribe` on the same clips with t
     scripts/bench_asr --model tiny.en --calls 1
     scripts/bench_asr --model tiny.en --calls 4 8 --max-audio-s 60 [--sequential]
     scripts/bench_asr --model base --languages de es fr
+    scripts/bench_asr --model tiny.en --calls 1 --compute-type int8   (against float32)
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import csv
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import gevent
 import numpy as np
@@ -28,10 +31,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.asr.engine import AsrEngine
-from service.asr.segmenter import SegmenterConfig
-from service.asr.stream import FinalSegment, StreamTranscriber
-from service.audio.frames import FRAME_SAMPLES, SAMPLE_RATE
+from service.asr.segmenter import SegmenterConfig, Utterance
+from service.asr.stream import StreamTranscriber
 from service.audio.wavfile import read_wav
+from service.frames import FRAME_SAMPLES, SAMPLE_RATE
+from service.vocab import Segment, Task
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MANIFEST = ROOT.parent / "shared/data/speech"
@@ -55,11 +59,27 @@ class Placed:
 
 @dataclass
 class SimCall:
+    """One simulated call, and what the benchmark records of it from the stream's callbacks
+    (the stream itself keeps nothing per utterance)."""
+
     index: int
     placed: list[Placed]
     stream: StreamTranscriber | None = None
-    finals: list[FinalSegment] = field(default_factory=list)
+    finals: list[Segment] = field(default_factory=list)
     started: float = 0.0
+    speech_end_s: dict[int, float] = field(default_factory=dict)  # utterance -> stream s
+    final_at: dict[int, float] = field(default_factory=dict)  # utterance -> monotonic s
+    partial_at: list[tuple[int, float]] = field(default_factory=list)  # (utterance, monotonic)
+
+    def ended(self, no: int, utt: Utterance) -> None:
+        self.speech_end_s[no] = utt.speech_end_s if utt.speech_end_s is not None else utt.end_s
+
+    def final(self, no: int, segments: list[Segment]) -> None:
+        self.final_at[no] = time.monotonic()
+        self.finals.extend(segments)
+
+    def partial(self, no: int, text: str, start: float, end: float) -> None:
+        self.partial_at.append((no, time.monotonic()))
 
 
 def load_clips(manifest: Path, languages: list[str], limit: int | None) -> list[Clip]:
@@ -73,7 +93,7 @@ def load_clips(manifest: Path, languages: list[str], limit: int | None) -> list[
     return clips[:limit] if limit else clips
 
 
-def normaliser(language: str):
+def normaliser(language: str) -> Callable[[str], str]:
     from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
 
     return EnglishTextNormalizer() if language == "en" else BasicTextNormalizer()
@@ -122,7 +142,8 @@ def play(call: SimCall, speed: float, t0: float) -> None:
 
 def layout(clips: list[Clip], offset: int, max_audio_s: float | None) -> list[Placed]:
     """This call's clips, starting `offset` into the list so concurrent calls differ."""
-    placed, t = [], GAP_S
+    placed: list[Placed] = []
+    t = GAP_S
     order = clips[offset % len(clips) :] + clips[: offset % len(clips)]
     for clip in order:
         dur = clip.pcm.size / SAMPLE_RATE
@@ -133,19 +154,26 @@ def layout(clips: list[Clip], offset: int, max_audio_s: float | None) -> list[Pl
     return placed
 
 
-def run(engine: AsrEngine, args, clips: list[Clip], n: int, config: SegmenterConfig) -> dict:
+def run(
+    engine: AsrEngine,
+    args: argparse.Namespace,
+    clips: list[Clip],
+    n: int,
+    config: SegmenterConfig,
+) -> dict[str, Any]:
     calls = [SimCall(i, layout(clips, i * 7, args.max_audio_s)) for i in range(n)]
     for call in calls:
         call.stream = StreamTranscriber(
             engine,
             config,
-            on_final=lambda no, segs, c=call: c.finals.extend(segs),
-            on_partial=lambda *a: None,
+            on_final=call.final,
+            on_partial=call.partial,
             language=args.language,
-            task="transcribe",
+            task=Task.TRANSCRIBE,
             partial_interval_s=args.partial_interval_s,
             label=f"sim call {call.index}",
             prompt_chars=args.prompt_chars,
+            on_utterance=call.ended,
         )
     engine.reset_stats()
     t0 = time.monotonic() + 0.1
@@ -161,17 +189,15 @@ def run(engine: AsrEngine, args, clips: list[Clip], n: int, config: SegmenterCon
     pairs = []
     detected_ok = detected_n = 0
     for c in calls:
-        s = c.stream
-        assert s is not None
-        for no, at in s.final_at.items():
-            latencies.append(at - (c.started + s.speech_end_at[no] / args.speed))
+        for no, at in c.final_at.items():
+            latencies.append(at - (c.started + c.speech_end_s[no] / args.speed))
         by_utt: dict[int, list[float]] = {}
-        for no, at in s.partial_at:
+        for no, at in c.partial_at:
             by_utt.setdefault(no, []).append(at)
         for times in by_utt.values():
             cadence.extend(np.diff(times).tolist())
         for p in c.placed:
-            segs = [f for f in c.finals if p.start_s - 0.5 <= f.start_s < p.end_s + GAP_S / 2]
+            segs = [f for f in c.finals if p.start_s - 0.5 <= f.start < p.end_s + GAP_S / 2]
             pairs.append((p.clip.language, p.clip.reference, " ".join(f.text for f in segs)))
             for f in segs:
                 detected_n += 1
@@ -187,7 +213,7 @@ def run(engine: AsrEngine, args, clips: list[Clip], n: int, config: SegmenterCon
         "lat_p50": pct(latencies, 50),
         "lat_p95": pct(latencies, 95),
         "lat_max": max(latencies, default=float("nan")),
-        "partials": sum(c.stream.partials_shown for c in calls if c.stream),
+        "partials": sum(len(c.partial_at) for c in calls),
         "cadence_p50": pct(cadence, 50),
         "rtf": busy / max(1e-9, audio_s),
         "util": busy / max(1e-9, wall),
@@ -228,6 +254,12 @@ def main() -> int:
     ap.add_argument("--model", default="tiny.en")
     ap.add_argument("--model-dir", type=Path, default=ROOT / "data/models")
     ap.add_argument("--device", default="auto")
+    ap.add_argument(
+        "--compute-type",
+        default="auto",
+        choices=["auto", "float32", "int8", "float16"],
+        help="as IM_COMPUTE_TYPE: auto is float16 on CUDA, float32 on a CPU; int8 is CPU only",
+    )
     ap.add_argument("--calls", type=int, nargs="+", default=[1], help="N (several: one run each)")
     ap.add_argument("--sequential", action="store_true", help="decode one at a time")
     ap.add_argument(
@@ -255,12 +287,17 @@ def main() -> int:
     if not clips:
         ap.error(f"no clips in {args.languages} under {args.manifest}")
     engine = AsrEngine(
-        args.model, args.model_dir, args.device, args.max_batch, sequential=args.sequential
+        args.model,
+        args.model_dir,
+        args.device,
+        args.max_batch,
+        sequential=args.sequential,
+        compute_type=args.compute_type,
     )
     t = time.monotonic()
     engine.load()
     print(
-        f"model {args.model} on {engine.device} ({'fp16' if engine.fp16 else 'fp32'}), "
+        f"model {args.model} on {engine.device} ({engine.compute_type}), "
         f"{'sequential' if args.sequential else f'batched (max {engine.max_batch})'}, "
         f"loaded+warmed in {time.monotonic() - t:.1f} s; {len(clips)} clips "
         f"({sum(c.pcm.size for c in clips) / SAMPLE_RATE:.0f} s) in {' '.join(args.languages)}; "

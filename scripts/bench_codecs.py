@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from service.audio.codecs import OpusDecoder, OpusEncoder, make_decoder, make_encoder  # noqa: E402
-from service.audio.frames import FRAME_SAMPLES  # noqa: E402
 from service.audio.wavfile import read_wav  # noqa: E402
+from service.frames import FRAME_SAMPLES  # noqa: E402
 
 
 def timed(fn, items) -> tuple[list, np.ndarray]:

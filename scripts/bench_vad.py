@@ -24,8 +24,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.asr.segmenter import Segmenter, SegmenterConfig
-from service.audio.frames import FRAME_SAMPLES, SAMPLE_RATE
 from service.audio.wavfile import read_wav
+from service.frames import FRAME_SAMPLES, SAMPLE_RATE
 
 DEFAULT_MANIFEST = Path(__file__).resolve().parents[2] / "shared/data/speech"
 

@@ -45,8 +45,8 @@ from typing import Any
 import numpy as np
 import requests
 
-from service.audio.frames import SAMPLE_RATE
 from service.audio.wavfile import read_wav
+from service.frames import SAMPLE_RATE
 from service.localnodes import NodeError, NodeProcess
 
 HERE = Path(__file__).resolve().parent

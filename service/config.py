@@ -2,26 +2,25 @@
 
 Validation happens here, before any socket is opened or model loaded, so that a typo in a
 deployment fails in the first second with a message naming the variable, not minutes later
-inside a call.
+inside a call. The rules for single values are in service/configcheck.py.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from service import configcheck as check
+from service.asr.catalogue import DOWNLOAD_BASE
+from service.configcheck import ConfigError
 
-class ConfigError(ValueError):
-    """A setting is missing or malformed; the message names the variable."""
+__all__ = ["ENV_VARS", "ConfigError", "Settings", "load_settings"]
 
-
-MODEL_NAMES = ("tiny.en", "base")
+COMPUTE_TYPES = ("auto", "float32", "int8", "float16")  # service/asr/precision.py
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-_BOOLS = ("1", "true", "yes", "0", "false", "no")
 
 
 @dataclass(frozen=True)
@@ -41,6 +40,8 @@ class Settings:
     model_dir: Path = Path()  # derived from data_dir when empty
     media_dir: Path = Path()  # derived from data_dir when empty; resolved once, at load
     device: str = "auto"
+    compute_type: str = "auto"
+    model_download_base: str = DOWNLOAD_BASE
     call_host: str = "0.0.0.0"
     call_port: int = 7000
     advertise_host: str = ""  # the host put in a listening session's "address"
@@ -71,7 +72,8 @@ class Settings:
         return None
 
 
-# name -> (environment variable, documentation); the README's table mirrors this.
+# name -> (environment variable, documentation); docs/operating.md's table is generated
+# from this and the defaults of Settings (python -m service.configdoc, tests/test_docs.py).
 ENV_VARS: dict[str, tuple[str, str]] = {
     "api_host": ("IM_API_HOST", "Address the control API binds to."),
     "api_port": ("IM_API_PORT", "Port of the control API."),
@@ -100,14 +102,29 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "IM_DATABASE_URL",
         "SQLAlchemy URL of the transcript store (default: SQLite file in the data directory).",
     ),
-    "model": ("IM_MODEL", "Whisper model: `tiny.en`, `base`, or a path to a checkpoint (.pt)."),
-    "model_dir": ("IM_MODEL_DIR", "Where converted checkpoints are cached (default: DATA/models)."),
+    "model": (
+        "IM_MODEL",
+        "Whisper model: an official name (`tiny.en` ... `large-v3-turbo`), a .pt checkpoint, "
+        "or a CTranslate2 or Hugging Face Whisper folder.",
+    ),
+    "model_dir": (
+        "IM_MODEL_DIR",
+        "Where checkpoints are cached, named as in ~/.cache/whisper (default: DATA/models).",
+    ),
     "media_dir": (
         "IM_MEDIA_DIR",
         "The only folder `file:` inputs and recordings may use, paths relative to it "
         "(default: DATA/media).",
     ),
     "device": ("IM_DEVICE", "Compute device: `auto` (CUDA when torch sees a GPU), `cpu`, `cuda`."),
+    "compute_type": (
+        "IM_COMPUTE_TYPE",
+        "`auto` (float16 on CUDA, float32 on a CPU), `float32`, `int8` (CPU), `float16` (CUDA).",
+    ),
+    "model_download_base": (
+        "IM_MODEL_DOWNLOAD_BASE",
+        "URL that official checkpoints are downloaded from (`<base>/<sha256>/<name>.pt`).",
+    ),
     "call_host": ("IM_CALL_HOST", "Address listening calls bind to."),
     "call_port": ("IM_CALL_PORT", "Default port for `listen` sessions that name none."),
     "advertise_host": (
@@ -162,13 +179,6 @@ ENV_VARS: dict[str, tuple[str, str]] = {
 }
 
 
-def _port(name: str, raw: str) -> int:
-    value = _int(name, raw)
-    if not 1 <= value <= 65535:
-        raise ConfigError(f"{name} must be a TCP port (1-65535), got {raw!r}")
-    return value
-
-
 # name -> (lowest, highest, how an error states the range when "lo..hi" would mislead)
 INT_RANGES: dict[str, tuple[int, int, str | None]] = {
     "asr_max_batch": (0, 256, "0 (auto) or 1..256"),
@@ -179,53 +189,6 @@ INT_RANGES: dict[str, tuple[int, int, str | None]] = {
     "opus_bitrate": (16_000, 24_000, "16000..24000"),
     "utterance_end_silence_ms": (100, 5000, None),
 }
-
-
-def _int(name: str, raw: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-
-
-def _float(name: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not value > 0:
-        raise ConfigError(f"{name} must be positive, got {raw!r}")
-    return value
-
-
-def _host(name: str, raw: str) -> str:
-    if not raw or any(c.isspace() for c in raw):
-        raise ConfigError(f"{name} must be a host name or IP address, got {raw!r}")
-    return raw
-
-
-_HOST_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
-
-
-def _allowed_hosts(raw: str) -> tuple[str, ...]:
-    """``*``, or host names / IP addresses without port, brackets optional for IPv6."""
-    names = tuple(dict.fromkeys(n.strip().lower().rstrip(".") for n in raw.split(",")))
-    names = tuple(n for n in names if n)
-    if "*" in names:
-        return ("*",)
-    for name in names:
-        bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
-        try:
-            ipaddress.ip_address(bare)
-            continue
-        except ValueError:
-            pass
-        if not all(_HOST_LABEL.fullmatch(label) for label in bare.split(".")):
-            raise ConfigError(
-                "IM_API_ALLOWED_HOSTS must be `*` or comma-separated host names or IP "
-                f"addresses (no ports), got {raw!r}"
-            )
-    return tuple(n[1:-1] if n.startswith("[") else n for n in names)
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -240,32 +203,32 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         return value.strip() if value is not None and value.strip() != "" else None
 
     for key, parse in (
-        ("api_host", _host),
-        ("call_host", _host),
-        ("advertise_host", _host),
+        ("api_host", check.host),
+        ("call_host", check.host),
+        ("advertise_host", check.host),
     ):
         if (v := get(key)) is not None:
             values[key] = parse(ENV_VARS[key][0], v)
     for key in ("api_port", "call_port"):
         if (v := get(key)) is not None:
-            values[key] = _port(ENV_VARS[key][0], v)
+            values[key] = check.port(ENV_VARS[key][0], v)
     for key in ("hello_timeout_s", "connect_timeout_s", "max_utterance_s"):
         if (v := get(key)) is not None:
-            values[key] = _float(ENV_VARS[key][0], v)
+            values[key] = check.positive_number(ENV_VARS[key][0], v)
     for key, (lo, hi, expected) in INT_RANGES.items():
         if (v := get(key)) is not None:
             name = ENV_VARS[key][0]
-            number = _int(name, v)
+            number = check.integer(name, v)
             if not lo <= number <= hi:
                 raise ConfigError(f"{name} must be {expected or f'{lo}..{hi}'}, got {v!r}")
             values[key] = number
     if (v := get("http_idle_timeout_s")) is not None:
-        timeout = _float("IM_HTTP_IDLE_TIMEOUT_S", v)
+        timeout = check.positive_number("IM_HTTP_IDLE_TIMEOUT_S", v)
         if timeout > 3600:
             raise ConfigError(f"IM_HTTP_IDLE_TIMEOUT_S must be at most 3600, got {v!r}")
         values["http_idle_timeout_s"] = timeout
     if (v := get("api_allowed_hosts")) is not None:
-        values["api_allowed_hosts"] = _allowed_hosts(v)
+        values["api_allowed_hosts"] = check.allowed_hosts(v)
     if (v := get("vad")) is not None:
         if v not in ("silero", "webrtc"):
             raise ConfigError(f"IM_VAD must be silero or webrtc, got {v!r}")
@@ -304,14 +267,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             raise ConfigError(f"IM_DEVICE must be auto, cpu, cuda or cuda:N, got {v!r}")
         values["device"] = v
     if (v := get("model")) is not None:
-        if v not in MODEL_NAMES and not v.endswith(".pt"):
+        values["model"] = check.model(v)
+    if (v := get("compute_type")) is not None:
+        if v not in COMPUTE_TYPES:
             raise ConfigError(
-                f"IM_MODEL must be one of {', '.join(MODEL_NAMES)} or a path to a .pt "
-                f"checkpoint, got {v!r}"
+                f"IM_COMPUTE_TYPE must be one of {', '.join(COMPUTE_TYPES)}, got {v!r}"
             )
-        if v.endswith(".pt") and not Path(v).is_file():
-            raise ConfigError(f"IM_MODEL names a checkpoint that does not exist: {v}")
-        values["model"] = v
+        values["compute_type"] = v
+    if (v := get("model_download_base")) is not None:
+        if not v.startswith(("http://", "https://")):
+            raise ConfigError(f"IM_MODEL_DOWNLOAD_BASE must be an http(s) URL, got {v!r}")
+        values["model_download_base"] = v.rstrip("/")
 
     data_dir = Path(get("data_dir") or defaults.data_dir).expanduser().resolve()
     values["data_dir"] = data_dir
@@ -324,16 +290,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         path = Path(str(values[key]))
         if path.exists() and not path.is_dir():
             raise ConfigError(f"{ENV_VARS[key][0]} must be a directory, but {path} is a file")
-    _check_database_url(url)
+    check.database_url(url)
     values["database_url"] = url
 
-    values.update(_tls(get))
+    values.update(check.tls(get, lambda key: ENV_VARS[key][0]))
 
     settings = Settings(**values)  # type: ignore[arg-type]
     if (
         not settings.api_token
         and not settings.allow_unauthenticated_api
-        and not _is_loopback(settings.api_host)
+        and not check.is_loopback(settings.api_host)
     ):
         raise ConfigError(
             f"refusing to serve the API on {settings.api_host} without IM_API_TOKEN: anyone "
@@ -343,80 +309,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if not settings.advertise_host:
         settings = _with_advertise_host(settings)
     return settings
-
-
-def _check_database_url(url: str) -> None:
-    """Only SQLite and PostgreSQL (psycopg 3) are supported: say so now, naming the
-    variable, instead of a traceback from the store. An SQLite file must be creatable."""
-    from sqlalchemy.exc import ArgumentError
-
-    from service.store.db import parse_url
-
-    try:
-        parsed = parse_url(url)
-    except (ValueError, ArgumentError) as exc:
-        # parse_url's own messages hide the password; SQLAlchemy's may quote the URL whole.
-        told = str(exc) if str(exc).startswith("unsupported") else "it cannot be parsed"
-        raise ConfigError(f"IM_DATABASE_URL is not usable: {told}") from None
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        for parent in Path(parsed.database).expanduser().parents:
-            if parent.exists():
-                if not parent.is_dir():
-                    raise ConfigError(
-                        f"IM_DATABASE_URL names an SQLite file under {parent}, which is a file"
-                    )
-                break
-
-
-def _tls(get: Callable[[str], str | None]) -> dict[str, object]:
-    """TLS is all or nothing for a node: a certificate and key to present when listening,
-    and, for dialing, a CA to verify listeners against (or an explicit opt-out for tests).
-    Every file is loaded here, so a wrong path or a key that does not match the
-    certificate stops the node at start instead of failing its first call."""
-    import ssl
-
-    cert, key, ca = get("tls_cert"), get("tls_key"), get("tls_ca")
-    insecure_raw = get("tls_insecure")
-    if insecure_raw is not None and insecure_raw.lower() not in _BOOLS:
-        raise ConfigError(f"IM_TLS_INSECURE must be 1 or 0, got {insecure_raw!r}")
-    insecure = insecure_raw is not None and insecure_raw.lower() in ("1", "true", "yes")
-    if (cert is None) != (key is None):
-        raise ConfigError("IM_TLS_CERT and IM_TLS_KEY go together: set both or neither")
-    if cert is None or key is None:
-        if ca is not None or insecure:
-            raise ConfigError(
-                "IM_TLS_CA and IM_TLS_INSECURE need IM_TLS_CERT and IM_TLS_KEY: a node "
-                "uses TLS for all its calls or for none"
-            )
-        return {}
-    if ca is None and not insecure:
-        raise ConfigError(
-            "with TLS on, IM_TLS_CA must name the CA that signed the listeners' certificates "
-            "(or set IM_TLS_INSECURE=1, for testing only: nothing is verified)"
-        )
-    if ca is not None and insecure:
-        raise ConfigError("set IM_TLS_CA or IM_TLS_INSECURE, not both")
-    paths = {"tls_cert": cert, "tls_key": key} | ({"tls_ca": ca} if ca is not None else {})
-    resolved: dict[str, Path] = {}
-    for name, raw in paths.items():
-        path = Path(raw).expanduser().resolve()
-        if not path.is_file():
-            raise ConfigError(f"{ENV_VARS[name][0]} names no readable file: {raw}")
-        resolved[name] = path
-    try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(
-            resolved["tls_cert"], resolved["tls_key"]
-        )
-    except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(
-            f"IM_TLS_CERT/IM_TLS_KEY cannot be loaded as a PEM certificate and its key: {exc}"
-        ) from None
-    if "tls_ca" in resolved:
-        try:
-            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(resolved["tls_ca"])
-        except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(f"IM_TLS_CA cannot be loaded as PEM certificates: {exc}") from None
-    return {**resolved, "tls_insecure": insecure}
 
 
 def _with_advertise_host(settings: Settings) -> Settings:
@@ -442,12 +334,3 @@ def _with_advertise_host(settings: Settings) -> Settings:
         except OSError:
             host = "127.0.0.1"
     return dataclasses.replace(settings, advertise_host=host)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import helpers
 import hypothesis
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
@@ -36,7 +37,6 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from service.api import create_app
-from service.config import load_settings
 from service.localnodes import free_port
 from service.node import Node
 
@@ -48,22 +48,17 @@ OUTPUTS = [None, None, "null", "default", 3]
 KEEP_CREATED = 8  # calls created by the fuzzer left open at once (IM_MAX_CALLS is 32)
 
 
+def node_env() -> dict[str, str]:
+    """The settings of the node under the fuzzer (besides helpers.start_node's own)."""
+    return {
+        "IM_API_TOKEN": TOKEN,
+        "IM_CALL_PORT": str(free_port()),  # a listen that names no port
+        "IM_HELLO_TIMEOUT_S": "1",
+    }
+
+
 def start_node(data_dir: Path) -> Node:
-    node = Node(
-        load_settings(
-            {
-                "IM_DATA_DIR": str(data_dir),
-                "IM_API_TOKEN": TOKEN,
-                "IM_CALL_HOST": "127.0.0.1",
-                "IM_ADVERTISE_HOST": "127.0.0.1",
-                "IM_CALL_PORT": str(free_port()),  # a listen that names no port
-                "IM_HELLO_TIMEOUT_S": "1",
-            }
-        ),
-        load_model=False,
-    )
-    node.start()
-    return node
+    return helpers.start_node(data_dir, **node_env())
 
 
 @dataclass

@@ -1,13 +1,10 @@
-"""The ``audio_rig`` fixture: real, clocked virtual sound devices (see scripts/audio-rig).
+"""Real, clocked virtual sound devices (see scripts/audio-rig), behind the ``audio_rig``
+fixture (conftest.py).
 
 Device work happens in SUBPROCESSES started with the rig's environment, never in the pytest
 process: PortAudio reads ALSA's configuration ($HOME/.asoundrc) and freezes its device list
 when it initialises, and the pytest process may have initialised it long before the rig's
 daemon started, with the wrong HOME.
-
-Use it from a test module with ``from audio_rig import audio_rig_fixture  # noqa: F401``
-(the fixture's name is ``audio_rig``; the function has another name so that test arguments
-called ``audio_rig`` do not shadow the import), or import it in a conftest.py.
 
 This file is also the subprocess tool behind ``play``/``record``; it uses plain blocking
 PyAudio, independent of service.audio.devices, so that tests of that module do not measure
@@ -23,6 +20,7 @@ not installed" from a skip into a failure, so CI can never skip these tests sile
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -30,8 +28,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,13 +77,15 @@ class _Job:
     what: str
 
     def wait_ready(self, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if READY in self.log.read_text(errors="replace"):
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.01)
+        from helpers import wait_until  # not at the top: this file is also the tool itself
+
+        def ready() -> bool:
+            return READY in self.log.read_text(errors="replace")
+
+        with contextlib.suppress(AssertionError):  # not ready: said below, with the log
+            wait_until(lambda: ready() or self.proc.poll() is not None, timeout, step=0.01)
+        if ready():
+            return
         self.proc.kill()
         self.proc.wait()
         raise AudioToolError(f"{self.what}: not ready after {timeout} s:\n{self._tail()}")
@@ -222,37 +220,6 @@ def _rig_start(directory: Path) -> dict[str, str]:
     if missing:
         pytest.fail(f"scripts/audio-rig printed no {missing}:\n{proc.stdout}", pytrace=False)
     return env
-
-
-@pytest.fixture(scope="session", name="audio_rig")
-def audio_rig_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AudioRig]:
-    reuse = os.environ.get("IM_AUDIO_RIG")
-    if not reuse and shutil.which("pulseaudio") is None:
-        from conftest import unavailable
-
-        unavailable(
-            "IM_REQUIRE_AUDIO_RIG",
-            "pulseaudio is not installed, so there are no virtual sound devices "
-            "(apt-get install pulseaudio pulseaudio-utils libasound2-plugins, or scripts/setup)",
-        )
-    if reuse:
-        # Idempotent: on a running rig this only prints its exports (and revives readers).
-        directory = Path(reuse)
-        rig = AudioRig(
-            directory, {k: v for k, v in _rig_start(directory).items() if k in RIG_ENV_KEYS}
-        )
-        try:
-            yield rig
-        finally:
-            rig.cleanup()  # the rig itself belongs to whoever started it
-        return
-    directory = tmp_path_factory.mktemp("audio-rig")
-    rig = AudioRig(directory, {k: v for k, v in _rig_start(directory).items() if k in RIG_ENV_KEYS})
-    try:
-        yield rig
-    finally:
-        rig.cleanup()
-        subprocess.run([str(RIG_SCRIPT), "stop", str(directory)], timeout=60, check=False)
 
 
 # --- the subprocess tool -----------------------------------------------------------------------

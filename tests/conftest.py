@@ -1,5 +1,10 @@
-"""Shared fixtures: the speech evaluation set lives outside the repo (shared/data/speech),
-and the databases the store and API tests run on.
+"""Shared fixtures (helpers that are not fixtures live in helpers.py; nothing imports this
+file): the speech evaluation set and the model cache, in-process nodes and their API client,
+a pair of node processes, the virtual sound devices, and the databases the store and API
+tests run on.
+
+``slow`` is on every test that loads a Whisper model or starts a process; the fixtures that
+do either mark the tests using them (see SLOW_FIXTURES), so `-m "not slow"` stays fast.
 
 ``database_url`` runs a test twice: on a fresh SQLite file, and on a fresh database of a real
 PostgreSQL server. The server is ``IM_TEST_POSTGRES_URL`` (a superuser URL, e.g. from
@@ -10,62 +15,30 @@ scripts/postgres when PostgreSQL is installed. Without one the PostgreSQL runs a
 
 from __future__ import annotations
 
-import csv
 import glob
 import os
 import shutil
 import subprocess
 import tempfile
-import time
 import uuid
-import wave
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING
 
 import pytest
+from audio_rig import RIG_ENV_KEYS, RIG_SCRIPT, AudioRig, _rig_start
+from helpers import ROOT, NodeFactory, node_processes, unavailable
 
-ROOT = Path(__file__).resolve().parents[1]
+if TYPE_CHECKING:
+    from flask.testing import FlaskClient
 
-
-# The repo's own clip (no external data needed), looped where a test must still be
-# speaking when something happens to it.
-JFK_CLIP = ROOT / "scripts/data/en_jfk_inaugural_1961.wav"
-
-
-def looped_clip(path: Path, times: int) -> Path:
-    with wave.open(str(JFK_CLIP), "rb") as w:
-        params = w.getparams()
-        pcm = w.readframes(w.getnframes())
-    with wave.open(str(path), "wb") as w:
-        w.setparams(params)
-        w.writeframes(pcm * times)
-    return path
-
-
-def wait_for(predicate, timeout: float, what: str, step: float = 0.05):
-    """Poll `predicate` until it returns something truthy, which is returned."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
+    from service.localnodes import NodeProcess
+    from service.node import Node
 
 POSTGRES_SCRIPT = ROOT / "scripts" / "postgres"
 # Every test database gets a zone far from UTC, so that a timestamp read back in the server's
 # zone instead of UTC shows up as a failure instead of passing by luck on a UTC machine.
 TEST_DB_TIMEZONE = "America/St_Johns"
-
-
-def unavailable(require_var: str, message: str) -> NoReturn:
-    """A dependency the tests need is missing: skip, or fail where `require_var` is 1 (CI,
-    where these tests must run and never skip quietly)."""
-    if os.environ.get(require_var) == "1":
-        pytest.fail(f"{require_var}=1 but {message}", pytrace=False)
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
@@ -82,15 +55,6 @@ def speech_dir() -> Path:
     return path
 
 
-def reference(speech_dir: Path, file: str) -> str:
-    """The reference transcript of `file` from manifest.tsv (tab-separated, never quoted)."""
-    with open(speech_dir / "manifest.tsv", encoding="utf-8", newline="") as f:
-        for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-            if row["file"] == file:
-                return row["reference_text"]
-    raise KeyError(f"{file} is not in {speech_dir / 'manifest.tsv'}")
-
-
 @pytest.fixture(scope="session")
 def model_dir() -> Path:
     """The repo's model cache (scripts/setup fills it), converted here if it is not."""
@@ -99,6 +63,100 @@ def model_dir() -> Path:
     cache = Path(__file__).resolve().parents[1] / "data" / "models"
     checkpoint_path("tiny.en", cache)
     return cache
+
+
+# The fixtures that load a model or start a process: a test using one is slow.
+SLOW_FIXTURES = frozenset({"model_dir", "node_pair", "audio_rig"})
+# pytest-timeout: a fast test gets this long unless it says otherwise; slow ones get the
+# default in pyproject.toml (or their own).
+FAST_TIMEOUT_S = 120
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` what uses a SLOW_FIXTURES fixture; give each fast test its timeout."""
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("slow") is None and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(FAST_TIMEOUT_S))
+
+
+# --- nodes ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator[NodeFactory]:
+    """Starts in-process, model-less nodes (``node_factory("b", IM_X="1")``), each in its own
+    folder under tmp_path, and closes them after the test."""
+    factory = NodeFactory(tmp_path)
+    try:
+        yield factory
+    finally:
+        factory.close_all()
+
+
+@pytest.fixture
+def node(node_factory: NodeFactory) -> Node:
+    """One in-process node without a model. A module overrides this fixture to start it
+    with other settings (and ``client`` then serves that one)."""
+    return node_factory()
+
+
+@pytest.fixture
+def client(node: Node) -> FlaskClient:
+    """The Flask test client of ``node``'s API."""
+    from service.api import create_app
+
+    return create_app(node).test_client()
+
+
+@pytest.fixture(scope="module")
+def node_pair_env() -> dict[str, str]:
+    """Settings for ``node_pair`` besides helpers.PROCESS_ENV; a module overrides this."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def node_pair(
+    tmp_path_factory: pytest.TempPathFactory, model_dir: Path, node_pair_env: dict[str, str]
+) -> Iterator[tuple[NodeProcess, NodeProcess]]:
+    """Two node processes, A and B, with tiny.en, shared by one module's tests."""
+    root = tmp_path_factory.mktemp("nodes")
+    with node_processes(root, ("A", "B"), model_dir, node_pair_env) as (a, b):
+        yield a, b  # stopped (SIGTERM) at the end of the module
+
+
+# --- virtual sound devices --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def audio_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AudioRig]:
+    """A private PulseAudio rig (or the running one IM_AUDIO_RIG names: see audio_rig.py)."""
+    reuse = os.environ.get("IM_AUDIO_RIG")
+    if not reuse and shutil.which("pulseaudio") is None:
+        unavailable(
+            "IM_REQUIRE_AUDIO_RIG",
+            "pulseaudio is not installed, so there are no virtual sound devices "
+            "(apt-get install pulseaudio pulseaudio-utils libasound2-plugins, or scripts/setup)",
+        )
+    if reuse:
+        # Idempotent: on a running rig this only prints its exports (and revives readers).
+        directory = Path(reuse)
+        rig = AudioRig(
+            directory, {k: v for k, v in _rig_start(directory).items() if k in RIG_ENV_KEYS}
+        )
+        try:
+            yield rig
+        finally:
+            rig.cleanup()  # the rig itself belongs to whoever started it
+        return
+    directory = tmp_path_factory.mktemp("audio-rig")
+    rig = AudioRig(directory, {k: v for k, v in _rig_start(directory).items() if k in RIG_ENV_KEYS})
+    try:
+        yield rig
+    finally:
+        rig.cleanup()
+        subprocess.run([str(RIG_SCRIPT), "stop", str(directory)], timeout=60, check=False)
 
 
 # --- databases --------------------------------------------------------------------------------

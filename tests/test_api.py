@@ -10,32 +10,15 @@ import socket
 import time
 
 import pytest
+from helpers import wait_state
 
 from service.api import create_app
-from service.config import load_settings
-from service.node import Node
-from service.store.db import SegmentIn
+from service.vocab import Segment
 
 
 @pytest.fixture
-def node(tmp_path, database_url):
-    settings = load_settings(
-        {
-            "IM_DATA_DIR": str(tmp_path),
-            "IM_DATABASE_URL": database_url,  # each test twice: SQLite, then PostgreSQL
-            "IM_CALL_HOST": "127.0.0.1",
-            "IM_ADVERTISE_HOST": "127.0.0.1",
-        }
-    )
-    n = Node(settings, load_model=False)
-    n.start()
-    yield n
-    n.close()
-
-
-@pytest.fixture
-def client(node):
-    return create_app(node).test_client()
+def node(node_factory, database_url):
+    return node_factory(IM_DATABASE_URL=database_url)  # each test twice: SQLite, PostgreSQL
 
 
 def error(resp, status, code):
@@ -221,11 +204,11 @@ def call_with_segments(client, node):
     ]:
         node.store.add_segment(
             call_id,
-            SegmentIn(
+            Segment(
                 speaker=speaker,
                 number=number,
-                start_s=start,
-                end_s=start + 1.0,
+                start=start,
+                end=start + 1.0,
                 text=text,
                 language="en",
                 avg_logprob=-0.25,
@@ -288,18 +271,6 @@ def test_health_and_openapi(client):
     assert "/sessions/{call_id}/transcript" in doc["paths"]
 
 
-def wait_for(client, call_id, states, timeout=10.0):
-    import gevent
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        snap = client.get(f"/sessions/{call_id}").get_json()
-        if snap["state"] in states:
-            return snap
-        gevent.sleep(0.05)  # lets the call's greenlets run in this (unpatched) process
-    raise AssertionError(f"{call_id} never reached {states}: {snap}")
-
-
 def test_dial_to_a_closed_port_fails_with_the_reason(client):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -313,7 +284,7 @@ def test_dial_to_a_closed_port_fails_with_the_reason(client):
         }
         r = client.post("/sessions", json=body)
         assert r.status_code == 201 and r.get_json()["state"] == "connecting"
-        snap = wait_for(client, r.get_json()["id"], {"failed"})
+        snap = wait_state(client, r.get_json()["id"], {"failed"})
     assert snap["end_reason"].startswith("connect_failed")
 
 
@@ -334,7 +305,7 @@ def test_a_peer_that_goes_silent_is_dropped_as_peer_lost(client):
     from gevent import socket as gsocket
     from wire import dial_handshake
 
-    from service.calls.session import PEER_SILENCE_S
+    from service.calls.media import PEER_SILENCE_S
     from service.transport import protocol as p
 
     body = {"mode": "listen", "port": 0, "input": "silence", "output": None}
@@ -343,9 +314,9 @@ def test_a_peer_that_goes_silent_is_dropped_as_peer_lost(client):
     with gsocket.create_connection((host, int(port)), timeout=5) as frozen:
         answer, _ = dial_handshake(frozen, created["token"])  # then never a word (nor pong)
         assert isinstance(answer, p.Auth)
-        wait_for(client, created["id"], {"connected"})
+        wait_state(client, created["id"], {"connected"})
         t0 = time.monotonic()
-        snap = wait_for(client, created["id"], {"ended"}, timeout=PEER_SILENCE_S + 5)
+        snap = wait_state(client, created["id"], {"ended"}, timeout=PEER_SILENCE_S + 5)
         waited = time.monotonic() - t0
     assert snap["end_reason"] == "peer_lost"
     assert PEER_SILENCE_S - 1 <= waited <= PEER_SILENCE_S + 2
@@ -355,14 +326,8 @@ TOKEN = "correct-horse-battery-staple"
 
 
 @pytest.fixture
-def guarded(tmp_path):
-    settings = load_settings(
-        {"IM_DATA_DIR": str(tmp_path), "IM_API_TOKEN": TOKEN, "IM_CALL_HOST": "127.0.0.1"}
-    )
-    n = Node(settings, load_model=False)
-    n.start()
-    yield create_app(n).test_client()
-    n.close()
+def guarded(node_factory):
+    return create_app(node_factory("guarded", IM_API_TOKEN=TOKEN)).test_client()
 
 
 @pytest.mark.parametrize(

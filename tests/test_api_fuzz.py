@@ -8,15 +8,17 @@ red CI is a regression, not luck); scripts/fuzz_api runs a bigger, random budget
 
 from __future__ import annotations
 
-from api_fuzz import fuzz_api, start_node
+import pytest
+from api_fuzz import fuzz_api, node_env
 
 
-def test_api_conforms_to_its_openapi_document(tmp_path):
-    node = start_node(tmp_path)
-    try:
-        totals = fuzz_api(node, max_examples=40)
-    finally:
-        node.close()
+@pytest.fixture
+def node(node_factory):
+    return node_factory(**node_env())
+
+
+def test_api_conforms_to_its_openapi_document(node):
+    totals = fuzz_api(node, max_examples=40)
     assert totals.operations >= 7
     # The fuzzer reached the success paths, not only the refusals.
     assert totals.statuses["POST /sessions"][201] > 0

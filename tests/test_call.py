@@ -10,7 +10,7 @@ import wave
 import jiwer
 import numpy as np
 import pytest
-from conftest import reference
+from helpers import JFK_CLIP, PROCESS_ENV, reference, wait_state, wait_until
 from whisper.normalizers import EnglishTextNormalizer
 from wire import dial_handshake
 
@@ -19,7 +19,11 @@ from service.transport import protocol as p
 
 pytestmark = pytest.mark.slow
 CLIP = "en_librispeech_1995-1837-0001.wav"
-NODE_ENV = {"IM_HELLO_TIMEOUT_S": "1"}
+
+
+@pytest.fixture(scope="module")
+def node_pair_env() -> dict[str, str]:
+    return {"IM_HELLO_TIMEOUT_S": "1"}
 
 
 def wer(ref: str, hyp: str) -> float:
@@ -27,32 +31,8 @@ def wer(ref: str, hyp: str) -> float:
     return jiwer.wer(norm(ref), norm(hyp))
 
 
-@pytest.fixture(scope="module")
-def nodes(tmp_path_factory, model_dir):
-    root = tmp_path_factory.mktemp("nodes")
-    a = NodeProcess("A", root / "a", env=NODE_ENV, model_dir=model_dir)
-    b = NodeProcess("B", root / "b", env=NODE_ENV, model_dir=model_dir)
-    try:
-        a.start()
-        b.start()
-        yield a, b
-    finally:
-        a.stop()
-        b.stop()
-
-
-def wait_state(node, call_id, states, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        snap = node.call("GET", f"/sessions/{call_id}")
-        if snap["state"] in states:
-            return snap
-        time.sleep(0.05)
-    raise AssertionError(f"{node.name} call {call_id} never reached {states}: {snap}")
-
-
-def test_both_nodes_transcribe_the_dialers_speech(nodes, speech_dir):
-    a, b = nodes
+def test_both_nodes_transcribe_the_dialers_speech(node_pair, speech_dir):
+    a, b = node_pair
     call_a, call_b = start_call(
         a,
         b,
@@ -98,45 +78,69 @@ def write_wav(path, pcm: np.ndarray):
     return path
 
 
-def test_a_minute_of_silence_and_of_low_noise_through_a_call_gives_no_segment(nodes, tmp_path):
+def test_a_minute_of_silence_and_of_low_noise_through_a_call_gives_no_segment(node_pair, tmp_path):
     """Whisper turns silence and noise into "Thank you." or "Thanks for watching!" when it
     is fed them; none of that may reach a transcript. A hears a minute of digital silence
     from its own microphone, and B sends a minute of low noise (hiss plus a hum, about
-    -45 dBFS) that A transcribes, because B says it will not."""
-    a, b = nodes
+    -45 dBFS) that A transcribes, because B says it will not.
+
+    Each minute is followed by the same 11 s of speech, through the same path: that A
+    transcribes it, on both sides and only there, shows that both of A's transcribers ran on
+    the whole minute (a transcriber that never ran would give no segment either)."""
+    a, b = node_pair
     rng = np.random.default_rng(7)
     t = np.arange(16_000 * 60) / 16_000
     noise = rng.normal(0, 120, t.size) + 60 * np.sin(2 * np.pi * 50 * t)
+    with wave.open(str(JFK_CLIP)) as w:
+        speech = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    silence_then_speech = np.concatenate([np.zeros(t.size), speech])
+    noise_then_speech = np.concatenate([noise, speech])
     call_a, call_b = start_call(
         a,
         b,
         listen={
-            "input": a.media(write_wav(tmp_path / "silence.wav", np.zeros(t.size))),
+            "input": a.media(write_wav(tmp_path / "silence.wav", silence_then_speech)),
             "output": None,
         },
         dial={
-            "input": b.media(write_wav(tmp_path / "noise.wav", noise)),
+            "input": b.media(write_wav(tmp_path / "noise.wav", noise_then_speech)),
             "output": None,
             "transcribe": False,
         },
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        stats_a = a.call("GET", f"/sessions/{call_a['id']}")["stats"]
-        stats_b = b.call("GET", f"/sessions/{call_b['id']}")["stats"]
-        if stats_a["input"]["ended"] and stats_b["input"]["ended"]:
-            break
-        time.sleep(0.5)
-    else:
-        raise AssertionError("the minute of input never ended")
-    time.sleep(1.0)  # the last noise frames reach A
-    ended = b.call("DELETE", f"/sessions/{call_b['id']}")
+    session_a, session_b = f"/sessions/{call_a['id']}", f"/sessions/{call_b['id']}"
+
+    def both_inputs_ended() -> dict | None:
+        stats_a = a.call("GET", session_a)["stats"]
+        ended = stats_a["input"]["ended"] and b.call("GET", session_b)["stats"]["input"]["ended"]
+        return stats_a if ended else None
+
+    stats_a = wait_until(both_inputs_ended, 150, "both minutes and their speech to be sent")
+    wait_until(
+        lambda: (
+            (s := a.call("GET", session_a)["stats"])["segments"]["remote"] >= 1
+            and s["asr_pending"] == 0
+            and not s["in_speech"]
+        ),
+        60,
+        "A to transcribe the speech B sent after its minute of noise",
+    )
+    ended = b.call("DELETE", session_b)
     assert ended["state"] == "ended"
     wait_state(a, call_a["id"], {"ended"})
-    # A transcribed both sides (B said it would not) and heard the whole minute of each.
-    assert stats_a["frames_received"] >= 59 / 0.02
-    assert a.call("GET", f"/sessions/{call_a['id']}/transcript")["segments"] == []
-    assert b.call("GET", f"/sessions/{call_b['id']}/transcript")["segments"] == []
+    # A transcribed both sides (B said it would not) and heard the whole of each.
+    assert stats_a["frames_received"] >= 70 / 0.02
+    on_a = a.call("GET", f"{session_a}/transcript")["segments"]
+    on_b = b.call("GET", f"{session_b}/transcript")["segments"]
+    ref = reference(JFK_CLIP.parent, JFK_CLIP.name)
+    for speaker in ("local", "remote"):
+        said = [s for s in on_a if s["speaker"] == speaker]
+        # Nothing from the minute of silence or noise: every segment is of the speech.
+        assert said and all(s["start"] >= 59.0 for s in said), (speaker, said)
+        assert wer(ref, " ".join(s["text"] for s in said)) <= 0.25, (speaker, said)
+    # B transcribes nothing itself, and was told A's own speech only.
+    assert [s["text"] for s in on_b] == [s["text"] for s in on_a if s["speaker"] == "local"]
+    assert {s["speaker"] for s in on_b} == {"remote"}
 
 
 def dial_silently(node, peer: str, token: str) -> dict:
@@ -144,8 +148,8 @@ def dial_silently(node, peer: str, token: str) -> dict:
     return node.call("POST", "/sessions", 201, json=body)
 
 
-def test_wrong_callers_are_turned_away_and_the_call_keeps_listening(nodes):
-    a, b = nodes
+def test_wrong_callers_are_turned_away_and_the_call_keeps_listening(node_pair):
+    a, b = node_pair
     listen = a.call(
         "POST",
         "/sessions",
@@ -182,10 +186,10 @@ def test_wrong_callers_are_turned_away_and_the_call_keeps_listening(nodes):
 
 
 def test_a_vanished_peer_ends_the_call_and_keeps_what_was_said(
-    nodes, tmp_path, model_dir, speech_dir
+    node_pair, tmp_path, model_dir, speech_dir
 ):
-    a, _ = nodes
-    c = NodeProcess("C", tmp_path / "c", env=NODE_ENV, model_dir=model_dir).start()
+    a, _ = node_pair
+    c = NodeProcess("C", tmp_path / "c", env=PROCESS_ENV, model_dir=model_dir).start()
     try:
         call_a, call_c = start_call(
             a,

@@ -4,7 +4,7 @@ gone, that the call is closed as `interrupted`, and that the survivor ended its 
 `peer_lost` with its transcript intact.
 
 Uses the repo's own clip (no external data), looped so that the kill lands while speech is
-still being spoken and transcribed, and tiny.en: it is part of the default test run.
+still being spoken and transcribed, and tiny.en.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import sqlite3
 import time
 from pathlib import Path
 
-from conftest import looped_clip, wait_for
+import pytest
+from helpers import PROCESS_ENV, looped_clip, wait_state, wait_until
 
 from service.localnodes import NodeProcess, start_call
 
-NODE_ENV = {"IM_HELLO_TIMEOUT_S": "2"}
+pytestmark = pytest.mark.slow
 DB = "intellimeet.db"
 
 
@@ -39,7 +40,7 @@ def test_sigkill_mid_call_loses_no_committed_segment(tmp_path, model_dir):
         NodeProcess(
             name.upper(),
             tmp_path / name,
-            env={**NODE_ENV, "IM_DATABASE_URL": f"sqlite:///{tmp_path / name / DB}"},
+            env={**PROCESS_ENV, "IM_DATABASE_URL": f"sqlite:///{tmp_path / name / DB}"},
             model_dir=model_dir,
         )
         for name in ("a", "b")
@@ -60,7 +61,7 @@ def test_sigkill_mid_call_loses_no_committed_segment(tmp_path, model_dir):
             segs = a.call("GET", f"/sessions/{a_id}/transcript")["segments"]
             return segs if len(segs) >= 2 else None
 
-        reported = wait_for(reported_by_a, 60, "A to report two segments")
+        reported = wait_until(reported_by_a, 60, "A to report two segments")
         live = a.call("GET", f"/sessions/{a_id}")
         assert live["state"] == "connected"
         assert not live["stats"]["input"]["ended"]  # the kill lands mid-speech
@@ -75,11 +76,7 @@ def test_sigkill_mid_call_loses_no_committed_segment(tmp_path, model_dir):
 
         # The survivor notices at once (the kernel resets the connection) and well inside
         # the 5 s liveness window, and keeps what it was told.
-        ended_b = wait_for(
-            lambda: (s := b.call("GET", f"/sessions/{b_id}"))["state"] == "ended" and s,
-            10,
-            "B to end its side",
-        )
+        ended_b = wait_state(b, b_id, {"ended"}, timeout=10)
         assert time.monotonic() - killed_at < 5
         assert ended_b["end_reason"] == "peer_lost"
         on_b = b.call("GET", f"/sessions/{b_id}/transcript")["segments"]

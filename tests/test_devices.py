@@ -15,16 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from audio_rig import (  # noqa: F401
+from audio_rig import (
     RIG_ENV_KEYS,
     RIG_SCRIPT,
     ROOT,
     AudioRig,
     _rig_start,
-    audio_rig_fixture,
     dominant_hz,
     tone,
 )
+
+# Each test runs its device work in a subprocess (see audio_rig.py).
+pytestmark = pytest.mark.slow
 
 RIG_INPUTS = ["rig_mic_a", "rig_spk_a_out", "rig_mic_b", "rig_spk_b_out"]
 RIG_OUTPUTS = ["rig_spk_a", "rig_mic_a_in", "rig_spk_b", "rig_mic_b_in"]
@@ -150,9 +152,11 @@ if mode == "resampled":
 
     pyaudio.PyAudio.is_format_supported = refuse_16k
 
+from service.audio.capture import DeviceSource
 from service.audio.codecs import make_encoder
-from service.audio.devices import DeviceSink, DeviceSource, resolve
-from service.audio.frames import FRAME_SAMPLES, SAMPLE_RATE
+from service.audio.devices import resolve
+from service.frames import FRAME_SAMPLES, SAMPLE_RATE
+from service.audio.playback import DeviceSink
 
 source = DeviceSource(resolve("rig_spk_a_out", "input"))
 sink = DeviceSink(resolve("rig_spk_a", "output"))
@@ -373,7 +377,10 @@ import time
 
 import gevent
 
-from service.audio.devices import DeviceLost, DeviceSink, DeviceSource, resolve
+from service.audio.capture import DeviceSource
+from service.audio.devices import resolve
+from service.audio.playback import DeviceSink
+from service.audio.sources import DeviceLost
 
 rig_script, rig_dir = sys.argv[1], sys.argv[2]
 source = DeviceSource(resolve("rig_mic_a", "input"))

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import unavailable, wait_for
+from helpers import unavailable, wait_until
 from wire import dial_handshake
 
 from service.localnodes import NodeProcess
@@ -74,7 +74,7 @@ def test_a_full_disk_ends_the_call_with_the_reason_and_reports_unhealthy(
             assert isinstance(answer, p.Auth)
             sock.sendall(p.encode(p.Transcript(no=0, start=0.1, end=0.5, text="kept")))
             session = f"/sessions/{call['id']}"
-            wait_for(
+            wait_until(
                 lambda: node.call("GET", session)["stats"]["segments"]["remote"] == 1,
                 5,
                 "the first segment",
@@ -85,7 +85,7 @@ def test_a_full_disk_ends_the_call_with_the_reason_and_reports_unhealthy(
                     sock.sendall(
                         p.encode(p.Transcript(no=n, start=0.1 * n, end=0.1 * n, text="x" * 150))
                     )
-            ended = wait_for(
+            ended = wait_until(
                 lambda: (s := node.call("GET", session))["state"] == "ended" and s,
                 10,
                 "the call to end",

@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import os
 import random
-import time
 
 import pytest
+from helpers import wait_state
 from hypothesis import HealthCheck, Phase, example, find, given, settings
 from hypothesis import strategies as st
 from wire_fuzz import (
@@ -166,29 +166,15 @@ def test_a_small_cap_is_enforced_before_buffering(batch, rng):
 
 
 @pytest.fixture
-def listening(tmp_path):
-    """A real node (no model) with a call listening on a real port."""
-    from service.api import create_app
-    from service.config import load_settings
-    from service.node import Node
+def node(node_factory):
+    return node_factory(IM_HELLO_TIMEOUT_S="1")
 
-    node = Node(
-        load_settings(
-            {
-                "IM_DATA_DIR": str(tmp_path),
-                "IM_CALL_HOST": "127.0.0.1",
-                "IM_ADVERTISE_HOST": "127.0.0.1",
-                "IM_HELLO_TIMEOUT_S": "1",
-            }
-        ),
-        load_model=False,
-    )
-    node.start()
-    client = create_app(node).test_client()
+
+@pytest.fixture
+def listening(client):
+    """A real node (no model) with a call listening on a real port."""
     body = {"mode": "listen", "port": 0, "input": "silence", "output": None}
-    created = client.post("/sessions", json=body).get_json()
-    yield client, created
-    node.close()
+    return client, client.post("/sessions", json=body).get_json()
 
 
 def send_and_wait_for_close(address: str, data: bytes, half_close: bool = True) -> bytes:
@@ -214,18 +200,6 @@ def send_and_wait_for_close(address: str, data: bytes, half_close: bool = True) 
         except TimeoutError:
             pytest.fail(f"node kept a hostile connection open: {data[:80]!r}")
     return received
-
-
-def wait_for_state(client, call_id: str, states: set[str], timeout: float = 10.0) -> dict:
-    import gevent
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        snap = client.get(f"/sessions/{call_id}").get_json()
-        if snap["state"] in states:
-            return snap
-        gevent.sleep(0.05)
-    raise AssertionError(f"{call_id} never reached {states}: {snap}")
 
 
 def test_hostile_connections_are_turned_away_and_the_call_keeps_listening(listening):
@@ -257,6 +231,6 @@ def test_hostile_connections_are_turned_away_and_the_call_keeps_listening(listen
     # And the right caller still gets through: this node dials its own listening call.
     dial = {"mode": "dial", "peer": address, "token": call["token"], "input": "silence"}
     dialer = client.post("/sessions", json={**dial, "output": None}).get_json()
-    wait_for_state(client, dialer["id"], {"connected"})
-    wait_for_state(client, call["id"], {"connected"})
+    wait_state(client, dialer["id"], {"connected"})
+    wait_state(client, call["id"], {"connected"})
     client.delete(f"/sessions/{dialer['id']}")

@@ -11,12 +11,13 @@ import gevent
 import gevent.event
 import pytest
 from gevent import socket as gsocket
-from wire import Reader, dial, dial_handshake, listen, make_node, wait_state, wait_until
+from helpers import wait_until
+from wire import Reader, dial, dial_handshake, listen, make_node, wait_state
 
 from service.api import create_app
-from service.calls.session import _Pending
 from service.transport import handshake
 from service.transport import protocol as p
+from service.transport.listener import Pending
 
 NONCE_A, NONCE_B = "a" * 64, "b" * 64
 
@@ -397,7 +398,7 @@ def test_connections_stalled_in_their_handshake_cannot_lock_the_caller_out(nodes
     stop = gevent.event.Event()
     attacker = gevent.spawn(hold_handshakes, listening.local_address, source, 16, hello, stop)
     try:
-        wait_until(lambda: len(listening._handshakes) >= 4, what="the attacker's connections")
+        wait_until(lambda: listening.listener.pending >= 4, what="the attacker's connections")
         gevent.sleep(0.2)
         dialing = dial(b, listening.local_address, listening.token)
         wait_state(dialing, {"connected", "failed"})
@@ -415,18 +416,14 @@ def test_a_caller_turned_away_for_want_of_places_is_told_why(nodes):
     listening = listen(a)
     for n in range(16):
         fake = gevent.spawn(gevent.sleep, 30)
-        listening._handshakes[fake] = _proven(f"10.0.0.{n}")
+        listening.listener._pending[fake] = Pending(f"10.0.0.{n}", proven=True)
     try:
         dialing = dial(b, listening.local_address, listening.token)
         wait_state(dialing, {"failed"})
         assert dialing.end_reason == "rejected: too many connections still handshaking"
     finally:
-        for g in list(listening._handshakes):
+        for g in list(listening.listener._pending):
             g.kill(block=False)
-
-
-def _proven(host: str) -> _Pending:
-    return _Pending(host, proven=True)
 
 
 def test_a_listening_call_outlives_running_out_of_descriptors(nodes):

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import pytest
 import requests
-from conftest import wait_for
+from helpers import wait_until
 from wire import dial_handshake
 
 from service.calls.peer import SEGMENT_BURST
@@ -105,7 +105,7 @@ def hostile_peer(node: NodeProcess) -> Iterator[tuple[socket.socket, dict]]:
     sock = socket.create_connection((host, int(port)), timeout=5)
     answer, _ = dial_handshake(sock, call["token"], transcribes=True)
     assert isinstance(answer, p.Auth), answer
-    wait_for(
+    wait_until(
         lambda: node.call("GET", f"/sessions/{call['id']}")["state"] == "connected",
         5,
         "the hostile call to connect",
@@ -216,7 +216,7 @@ def test_peer_text_and_times_are_data_every_export_renders_one_line_per_segment(
             + p.encode(p.Transcript(no=2, start=0.6, end=1e300, text="forever"))
             + p.encode(p.Transcript(no=3, start=0.7, end=0.9, text="after"))
         )
-        wait_for(
+        wait_until(
             lambda: a.call("GET", f"/sessions/{call['id']}")["stats"]["segments"]["remote"] == 2,
             5,
             "the two good segments",
@@ -248,7 +248,7 @@ def test_a_bye_reason_cannot_forge_log_lines_and_is_stored_as_one_line(nodes):
     forged = "x\n2026-12-01 00:00:00,000 ERROR service: forged by the peer"
     with hostile_peer(a) as (sock, call):
         sock.sendall(p.encode(p.Bye(reason=forged)))
-        ended = wait_for(
+        ended = wait_until(
             lambda: (s := a.call("GET", f"/sessions/{call['id']}"))["state"] == "ended" and s,
             5,
             "the call to end",
@@ -267,7 +267,7 @@ def test_stray_messages_mid_call_are_logged_at_a_bounded_rate(nodes):
         stray = p.encode(p.Hello(transcribes=True, nonce="c" * 64)) * 1000
         for _ in range(20):
             sock.sendall(stray)
-        wait_for(lambda: frames_or_state(a, call["id"]), 5, "the node to read them")
+        wait_until(lambda: frames_or_state(a, call["id"]), 5, "the node to read them")
         time.sleep(0.5)
         lines = len(a.log_lines("WARNING")) - before
     assert lines < 20, f"{lines} warning lines for 20,000 stray messages"

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 import requests
+from helpers import NodeFactory, wait_state, wait_until
 
 from service.api import create_app
 from service.config import load_settings
 from service.localnodes import NodeProcess
-from service.node import Node
 
 IDLE_S = 2.0  # IM_HTTP_IDLE_TIMEOUT_S of the node processes here
 SLACK_S = 2.0  # a loaded CI machine's scheduling delays
@@ -175,10 +175,7 @@ def test_1100_silent_connections_neither_exhaust_descriptors_nor_lock_out_the_ap
             "output": None,
         },
     )
-    deadline = time.monotonic() + 15
-    while limited.call("GET", f"/sessions/{dial['id']}")["state"] != "connected":
-        assert time.monotonic() < deadline, limited.call("GET", f"/sessions/{dial['id']}")
-        time.sleep(0.05)
+    wait_state(limited, dial["id"], {"connected"}, timeout=15)
     limited.request("DELETE", f"/sessions/{dial['id']}")
     limited.request("DELETE", f"/sessions/{listen['id']}")
     time.sleep(0.5)
@@ -356,10 +353,12 @@ def test_connections_are_bounded_and_feeds_leave_room_for_short_requests(small):
         assert requests.get(small.url + "/healthz", timeout=5).status_code == 200
         # A feed whose client leaves gives its slot back.
         feeds.pop().close()
-        deadline = time.monotonic() + 5
-        while (again := FeedReader(url)).status != 200:
-            assert time.monotonic() < deadline, "a closed feed kept its slot"
-            time.sleep(0.2)
+        again = wait_until(
+            lambda: (r := FeedReader(url)).status == 200 and r,
+            5,
+            "a closed feed to give its slot back",
+            step=0.2,
+        )
         feeds.append(again)
     finally:
         for f in feeds:
@@ -387,25 +386,14 @@ def test_a_foreign_host_is_refused_by_a_real_node(limited):
 # --- Host and Origin, in process ------------------------------------------------------------
 
 
-def make_client(tmp_path: Path, **env: str):
-    settings = load_settings(
-        {
-            "IM_DATA_DIR": str(tmp_path),
-            "IM_CALL_HOST": "127.0.0.1",
-            "IM_ADVERTISE_HOST": "127.0.0.1",
-            **env,
-        }
-    )
-    node = Node(settings, load_model=False)
-    node.start()
-    return node, create_app(node).test_client()
+def make_client(node_factory: NodeFactory, name: str = "node", **env: str):
+    """The API client of a new in-process node with ``env``."""
+    return create_app(node_factory(name, **env)).test_client()
 
 
 @pytest.fixture
-def loopback(tmp_path):
-    node, client = make_client(tmp_path)
-    yield client
-    node.close()
+def loopback(client):
+    return client
 
 
 def sessions(client) -> list[dict]:
@@ -457,44 +445,30 @@ def test_the_nodes_own_names_are_served(loopback, host):
     loopback.delete(f"/sessions/{r.get_json()['id']}", headers={"Host": host})
 
 
-def test_allowed_hosts_add_names_and_star_turns_the_check_off(tmp_path):
-    node, client = make_client(tmp_path / "a", IM_API_ALLOWED_HOSTS="api.example, Other.Example")
-    try:
-        assert client.get("/sessions", headers={"Host": "api.example:8080"}).status_code == 200
-        assert client.get("/sessions", headers={"Host": "other.example"}).status_code == 200
-        assert client.get("/sessions", headers={"Host": "localhost"}).status_code == 200
-        assert client.get("/sessions", headers={"Host": "evil.example"}).status_code == 421
-    finally:
-        node.close()
-    node, client = make_client(tmp_path / "b", IM_API_ALLOWED_HOSTS="*")
-    try:
-        assert client.get("/sessions", headers={"Host": "evil.example"}).status_code == 200
-    finally:
-        node.close()
+def test_allowed_hosts_add_names_and_star_turns_the_check_off(node_factory):
+    client = make_client(node_factory, "a", IM_API_ALLOWED_HOSTS="api.example, Other.Example")
+    assert client.get("/sessions", headers={"Host": "api.example:8080"}).status_code == 200
+    assert client.get("/sessions", headers={"Host": "other.example"}).status_code == 200
+    assert client.get("/sessions", headers={"Host": "localhost"}).status_code == 200
+    assert client.get("/sessions", headers={"Host": "evil.example"}).status_code == 421
+    client = make_client(node_factory, "b", IM_API_ALLOWED_HOSTS="*")
+    assert client.get("/sessions", headers={"Host": "evil.example"}).status_code == 200
 
 
-def test_a_wildcard_bind_serves_ip_literals_but_not_foreign_names(tmp_path):
-    node, client = make_client(tmp_path, IM_API_HOST="0.0.0.0", IM_API_TOKEN="t" * 20)
+def test_a_wildcard_bind_serves_ip_literals_but_not_foreign_names(node_factory):
+    client = make_client(node_factory, IM_API_HOST="0.0.0.0", IM_API_TOKEN="t" * 20)
     auth = {"Authorization": "Bearer " + "t" * 20}
-    try:
-        assert (
-            client.get("/sessions", headers={**auth, "Host": "192.0.2.7:8080"}).status_code == 200
-        )
-        assert client.get("/sessions", headers={**auth, "Host": "[2001:db8::1]"}).status_code == 200
-        # The Host check comes first: a foreign name is 421 with or without the token.
-        assert client.get("/sessions", headers={"Host": "evil.example"}).status_code == 421
-        assert client.get("/sessions", headers={**auth, "Host": "evil.example"}).status_code == 421
-    finally:
-        node.close()
+    assert client.get("/sessions", headers={**auth, "Host": "192.0.2.7:8080"}).status_code == 200
+    assert client.get("/sessions", headers={**auth, "Host": "[2001:db8::1]"}).status_code == 200
+    # The Host check comes first: a foreign name is 421 with or without the token.
+    assert client.get("/sessions", headers={"Host": "evil.example"}).status_code == 421
+    assert client.get("/sessions", headers={**auth, "Host": "evil.example"}).status_code == 421
 
 
-def test_a_specific_api_address_is_one_of_the_names(tmp_path):
-    node, client = make_client(tmp_path, IM_API_HOST="127.0.0.5")
-    try:
-        assert client.get("/healthz", headers={"Host": "127.0.0.5:8080"}).status_code == 200
-        assert client.get("/healthz", headers={"Host": "192.0.2.7"}).status_code == 421
-    finally:
-        node.close()
+def test_a_specific_api_address_is_one_of_the_names(node_factory):
+    client = make_client(node_factory, IM_API_HOST="127.0.0.5")
+    assert client.get("/healthz", headers={"Host": "127.0.0.5:8080"}).status_code == 200
+    assert client.get("/healthz", headers={"Host": "192.0.2.7"}).status_code == 421
 
 
 @pytest.mark.parametrize(
@@ -549,27 +523,24 @@ def test_the_document_declares_421_and_403(loopback):
     assert "503" in doc["paths"]["/sessions/{call_id}/events"]["get"]["responses"]
 
 
-def test_event_feeds_are_limited_and_give_their_slot_back(tmp_path):
-    node, client = make_client(tmp_path, IM_HTTP_MAX_CONNECTIONS="16")
-    try:
-        call = client.post("/sessions", json=LISTEN).get_json()["id"]
-        feeds = [client.get(f"/sessions/{call}/events") for _ in range(12)]
-        assert [f.status_code for f in feeds] == [200] * 12
-        refused = client.get(f"/sessions/{call}/events")
-        assert refused.status_code == 503
-        assert refused.get_json()["error"]["code"] == "too_many_feeds"
-        assert refused.headers["Retry-After"]
-        assert client.get("/healthz").status_code == 200  # short requests are not feeds
-        feeds.pop().close()
-        assert client.get(f"/sessions/{call}/events").status_code == 200
-        for f in feeds:
-            f.close()
-        # An unknown call's feed (404) gives its slot back at once.
-        for _ in range(20):
-            assert client.get("/sessions/nope/events").status_code == 404
-        assert client.get(f"/sessions/{call}/events").status_code == 200
-    finally:
-        node.close()
+def test_event_feeds_are_limited_and_give_their_slot_back(node_factory):
+    client = make_client(node_factory, IM_HTTP_MAX_CONNECTIONS="16")
+    call = client.post("/sessions", json=LISTEN).get_json()["id"]
+    feeds = [client.get(f"/sessions/{call}/events") for _ in range(12)]
+    assert [f.status_code for f in feeds] == [200] * 12
+    refused = client.get(f"/sessions/{call}/events")
+    assert refused.status_code == 503
+    assert refused.get_json()["error"]["code"] == "too_many_feeds"
+    assert refused.headers["Retry-After"]
+    assert client.get("/healthz").status_code == 200  # short requests are not feeds
+    feeds.pop().close()
+    assert client.get(f"/sessions/{call}/events").status_code == 200
+    for f in feeds:
+        f.close()
+    # An unknown call's feed (404) gives its slot back at once.
+    for _ in range(20):
+        assert client.get("/sessions/nope/events").status_code == 404
+    assert client.get(f"/sessions/{call}/events").status_code == 200
 
 
 def test_feed_limit_leaves_a_quarter_of_the_connections():

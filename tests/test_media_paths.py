@@ -16,16 +16,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 
-import gevent
 import pytest
-from conftest import JFK_CLIP
-
-from service.api import create_app
-from service.config import load_settings
-from service.node import Node
+from helpers import JFK_CLIP, get_session, wait_state, wait_until
 
 INPUT_REFUSED = "file input refused"
 OUTPUT_REFUSED = "file output refused"
@@ -49,20 +43,9 @@ def outside(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def client(tmp_path: Path, media: Path, monkeypatch: pytest.MonkeyPatch):
+def node(node_factory, media: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(media)
-    settings = load_settings(
-        {
-            "IM_DATA_DIR": str(tmp_path / "data"),
-            "IM_MEDIA_DIR": str(media),
-            "IM_CALL_HOST": "127.0.0.1",
-            "IM_ADVERTISE_HOST": "127.0.0.1",
-        }
-    )
-    node = Node(settings, load_model=False)
-    node.start()
-    yield create_app(node).test_client()
-    node.close()
+    return node_factory("data", IM_MEDIA_DIR=str(media))
 
 
 def post(client, **fields):
@@ -206,16 +189,6 @@ def test_every_output_refusal_reads_the_same_and_changes_nothing(client, outside
     assert not (outside / "home" / ".ssh" / "new-file").exists()
 
 
-def wait_for(client, call_id: str, check, what: str, timeout: float = 10.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        snap = client.get(f"/sessions/{call_id}").get_json()
-        if check(snap):
-            return snap
-        gevent.sleep(0.05)  # lets the calls' greenlets run in this (unpatched) process
-    raise AssertionError(f"{call_id}: timed out waiting for {what}: {snap}")
-
-
 @pytest.mark.parametrize("swapped_in", ["symlink", "file"])
 def test_what_is_put_at_the_output_name_after_post_is_never_written(
     client, outside, media, swapped_in
@@ -244,17 +217,17 @@ def test_what_is_put_at_the_output_name_after_post_is_never_written(
     r = client.post("/sessions", json=dial)
     assert r.status_code == 201, r.get_data(as_text=True)
     dialing = r.get_json()
-    heard = wait_for(
-        client,
-        listening["id"],
-        lambda s: (
-            s["state"] in ("connected", "ended", "failed")
+    heard = wait_until(
+        lambda: (
+            (s := get_session(client, listening["id"]))["state"] in ("connected", "ended", "failed")
             and (s["state"] != "connected" or s["stats"]["frames_received"] >= 50)
+            and s
         ),
+        10,
         "a second of audio at the listener",
     )
     client.delete(f"/sessions/{dialing['id']}")
-    wait_for(client, listening["id"], lambda s: s["state"] == "ended", "the listener to end")
+    wait_state(client, listening["id"], {"ended"})
     assert heard["state"] == "connected"
     assert heard["stats"]["output"]["failed"] is None
     assert snapshot(target) == before

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+from helpers import call_encoder
 
-from service.audio.codecs import OpusEncoder
-from service.audio.frames import FRAME_SAMPLES, SAMPLE_RATE
 from service.audio.playout import PlayoutBuffer
 from service.audio.wavfile import read_wav
+from service.frames import FRAME_SAMPLES, SAMPLE_RATE
 
 F = 0.02  # s per frame
 
@@ -281,7 +281,7 @@ def test_no_clicks_at_joins(codec: str) -> None:
     n = 400
     pcm = tone(n * F)
     if codec == "opus":
-        enc = OpusEncoder()
+        enc = call_encoder()
         payloads = [enc.encode(f) for f in frames_of(pcm)]
     else:
         payloads = pcm_payloads(pcm)
@@ -289,7 +289,7 @@ def test_no_clicks_at_joins(codec: str) -> None:
     delays[60] = 0.1  # 100 ms stall: underrun, then catch-up by dropping
     delays[200] = 0.5  # 500 ms stall: fade to silence, then a burst skipped at once
     # A lost PCM frame is a join of ours; a lost Opus frame is rebuilt by the decoder, whose
-    # own recovery ripples for a few frames (codec behaviour, not a join: see the FEC test).
+    # own recovery ripples for a few frames (codec behaviour, not a join: see the loss test).
     lost = {300} if codec == "pcm16" else set()
     sim = Sim()
     out = sim.run(payloads, delays, codec=codec, drop=lost)
@@ -310,15 +310,18 @@ def test_no_clicks_at_joins(codec: str) -> None:
     # arbitrary phase.)
 
 
-def test_opus_loss_is_rebuilt_from_fec_and_keeps_speech(speech_dir) -> None:
+def test_opus_loss_is_concealed_and_keeps_speech(speech_dir) -> None:
+    """A frame that never comes, in Opus as a call sends it (no in-band FEC: see
+    test_codecs), is concealed from the past; the buffer still tries the packet after it
+    (a peer's encoder may carry a copy) and counts each attempt."""
     speech = read_wav(speech_dir / "en_arctic_prompts_cathy_b0006.wav")
     frames = frames_of(speech)
-    enc = OpusEncoder()  # 24 kbit/s: wideband with FEC
+    enc = call_encoder()
     payloads = [enc.encode(f) for f in frames]
     n = len(payloads)
     lost = set(range(10, n - 5, 10))  # 10 % loss, spread out
     # The clock ticks 24 ms after each frame's arrival: when a frame is missing, the one
-    # after it is already here, so the gap is known to be a loss and FEC can fill it.
+    # after it is already here, so the gap is known to be a loss and FEC could fill it.
     kwargs = {"codec": "opus", "pull_phase": 0.049}
     clean = Sim().run(payloads, np.full(n, 0.025), **kwargs)
     sim = Sim()
@@ -326,7 +329,7 @@ def test_opus_loss_is_rebuilt_from_fec_and_keeps_speech(speech_dir) -> None:
     s = sim.buffer.stats
     assert s["frames_fec"] == len(lost), s
     assert s["frames_played"] == n - len(lost) and s["frames_dropped_catchup"] == 0, s
-    # Same timeline as the clean decode: compare the rebuilt frames with what they replace.
+    # Same timeline as the clean decode: compare the concealed frames with what they replace.
     start = int(np.flatnonzero(clean)[0]) // FRAME_SAMPLES * FRAME_SAMPLES
     assert np.array_equal(out[:start], clean[:start])
     ref = frames_of(clean[start:])
@@ -334,8 +337,8 @@ def test_opus_loss_is_rebuilt_from_fec_and_keeps_speech(speech_dir) -> None:
     signal = sum(float(np.sum(ref[i].astype(float) ** 2)) for i in lost)
     error = sum(float(np.sum((ref[i].astype(float) - got[i]) ** 2)) for i in lost)
     snr = 10 * np.log10(signal / error)
-    print(f"FEC-rebuilt frames: {snr:.1f} dB SNR against the clean decode")
-    assert snr > 3.0, snr  # silence in their place would be 0 dB
+    print(f"concealed frames: {snr:.1f} dB SNR against the clean decode")
+    assert snr > 0.5, snr  # silence in their place would be 0 dB
 
 
 def test_push_and_pull_from_two_real_threads_lose_nothing_unaccounted() -> None:

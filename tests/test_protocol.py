@@ -6,7 +6,9 @@ import contextlib
 import json
 import struct
 
+import gevent
 import pytest
+from gevent import socket as gsocket
 
 from service.transport import protocol as p
 
@@ -106,8 +108,68 @@ def test_an_older_hello_still_parses_so_its_version_can_be_refused():
     assert hello.version == 1 and hello.nonce == ""
 
 
-def test_the_token_is_not_part_of_a_hello():
-    assert "token" not in json.loads(p.encode(MESSAGES[0])[p.HEADER.size :])
+class RecordingRelay:
+    """Forwards one TCP connection to ``target`` and keeps every byte it carries each way
+    (gevent sockets: this process's in-process nodes run on the same hub)."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.server = gsocket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(1)
+        self.address = f"127.0.0.1:{self.server.getsockname()[1]}"
+        self.to_listener = bytearray()
+        self.to_dialer = bytearray()
+        self._socks = [self.server]
+        self._greenlets = [gevent.spawn(self._relay)]
+
+    def _relay(self) -> None:
+        dialer, _ = self.server.accept()
+        listener = gsocket.create_connection(self.target)
+        self._socks += [dialer, listener]
+        self._greenlets += [
+            gevent.spawn(self._pipe, dialer, listener, self.to_listener),
+            gevent.spawn(self._pipe, listener, dialer, self.to_dialer),
+        ]
+
+    @staticmethod
+    def _pipe(src: gsocket.socket, dst: gsocket.socket, kept: bytearray) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                kept += data
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(gsocket.SHUT_WR)
+
+    def close(self) -> None:
+        gevent.killall(self._greenlets)
+        for s in self._socks:
+            s.close()
+
+
+def test_the_token_is_not_part_of_a_hello(node_factory):
+    """The call token is proven, never sent: in a real handshake between two nodes, both
+    ways through a relay that keeps every byte, neither side's bytes hold the token, and
+    each side's one hello has no token field."""
+    from wire import dial, listen, wait_state
+
+    listening = listen(node_factory("a"))
+    relay = RecordingRelay(listening.local_address)
+    try:
+        dialing = dial(node_factory("b"), relay.address, listening.token)
+        wait_state(dialing, {"connected"})
+        wait_state(listening, {"connected"})
+        dialing.end()
+        wait_state(listening, {"ended"})
+    finally:
+        relay.close()
+    for sent in (relay.to_listener, relay.to_dialer):
+        assert listening.token.encode() not in sent, "the call token went over the wire"
+        messages = p.Decoder().feed(bytes(sent))
+        assert any(isinstance(m, p.Auth) for m in messages)  # each side proved the token
+        (hello,) = [m for m in messages if isinstance(m, p.Hello)]
+        assert "token" not in json.loads(p.hello_body(hello))
 
 
 @pytest.mark.parametrize(
@@ -226,7 +288,7 @@ def test_random_garbage_never_escapes_as_another_exception():
     ],
 )
 def test_parse_address_takes_ascii_ports_and_clean_hosts_only(text, expected):
-    from service.transport.link import parse_address
+    from service.transport.addresses import parse_address
 
     if expected is None:
         with pytest.raises(ValueError):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from service.asr.segmenter import Segmenter, SegmenterConfig
-from service.audio.frames import FRAME_SAMPLES
 from service.audio.wavfile import read_wav
+from service.frames import FRAME_SAMPLES
 
 
 def run(segmenter, pcm):

@@ -23,8 +23,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from service.store.db import SegmentIn, Store, alembic_config, parse_url, upgrade, utcnow
+from service.store.db import Store, alembic_config, parse_url, upgrade, utcnow
 from service.store.models import Base
+from service.vocab import Segment, Speaker
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,8 +56,8 @@ def add_call(store, call_id="c1", **extra):
     )
 
 
-def seg(speaker="local", number=0, start=0.0, text="hello"):
-    return SegmentIn(speaker=speaker, number=number, start_s=start, end_s=start + 1, text=text)
+def seg(speaker=Speaker.LOCAL, number=0, start=0.0, text="hello"):
+    return Segment(speaker=speaker, number=number, start=start, end=start + 1, text=text)
 
 
 def test_migration_creates_schema_on_fresh_database(store):
@@ -120,7 +121,7 @@ def test_upgrading_a_database_with_data_keeps_every_row(database_url):
         # The id sequence goes on after the existing rows.
         add_call(s, "new")
         new = s.add_segment("new", seg())
-        assert new is not None and new.id > max(x.id for x in s.segments("old"))
+        assert new is not None and new > max(x.id for x in s.segments("old"))
     finally:
         s.engine.dispose()
 
@@ -245,6 +246,7 @@ def test_unfinished_calls_are_marked_at_restart(store):
     assert store.get_call("done").state == "ended"
 
 
+@pytest.mark.slow  # runs in a process of its own
 def test_postgresql_queries_do_not_block_the_gevent_hub(postgres_url):
     """The node commits segments on the gevent hub: a slow query must let other greenlets
     (the audio send loop, the API) run. Checked in a fresh, monkey-patched interpreter."""

@@ -4,6 +4,7 @@ listener's certificate does not verify. Real certificates (scripts/make-cert), r
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import time
 import wave
@@ -11,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from wire import dial, listen, make_node, wait_state
+from helpers import wait_until
+from wire import dial, listen, wait_state
 
-from service.calls.session import CallOptions
+from service.api import views
+from service.calls.options import CallOptions
 from service.config import ConfigError, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,17 +47,9 @@ def tls_env(cert: Path, key: Path, ca: Path | None) -> dict[str, str]:
 
 
 @pytest.fixture
-def node_factory(tmp_path):
-    made = []
-
-    def make(name: str, **env: str):
-        node = make_node(tmp_path, name, **env)
-        made.append(node)
-        return node
-
-    yield make
-    for node in reversed(made):
-        node.close()
+def node_factory(node_factory):
+    """In-process nodes with a hello deadline of 1 s, as wire.make_node's."""
+    return functools.partial(node_factory, IM_HELLO_TIMEOUT_S="1")
 
 
 def test_a_tls_call_connects_and_carries_audio(certs, node_factory, tmp_path):
@@ -74,12 +69,8 @@ def test_a_tls_call_connects_and_carries_audio(certs, node_factory, tmp_path):
     wait_state(dialing, {"connected"})
     wait_state(listening, {"connected"})
     assert dialing.link.tls and listening.link.tls
-    t0 = time.monotonic()
-    while listening.link.stats.frames_received < 25 and time.monotonic() - t0 < 5:
-        import gevent
-
-        gevent.sleep(0.05)
-    assert dialing.snapshot()["stats"]["link"]["tls"] is True
+    wait_until(lambda: listening.link.stats.frames_received >= 25, 5, "half a second of audio")
+    assert views.live_session(dialing)["stats"]["link"]["tls"] is True
     dialing.end()
     wait_state(listening, {"ended"})
     with wave.open(str(heard)) as w:
@@ -100,7 +91,7 @@ def test_a_plain_dialer_at_a_tls_listener_fails_cleanly(certs, node_factory):
     assert time.monotonic() - t0 < 3  # the hello deadline is 1 s here
     assert reason.startswith("handshake_failed") and "TLS listener" in reason
     assert listening.state == "listening"
-    assert wait_state_rejected(listening, 1)
+    wait_until(lambda: listening.rejected_connections == 1, 3, "the connection turned away")
 
 
 def test_a_tls_dialer_at_a_plain_listener_fails_cleanly(certs, node_factory):
@@ -115,7 +106,7 @@ def test_a_tls_dialer_at_a_plain_listener_fails_cleanly(certs, node_factory):
     assert reason.startswith("handshake_failed: TLS handshake failed")
     assert "is the listener using TLS?" in reason
     assert listening.state == "listening"
-    assert wait_state_rejected(listening, 1)
+    wait_until(lambda: listening.rejected_connections == 1, 3, "the connection turned away")
 
 
 @pytest.mark.parametrize(
@@ -149,15 +140,6 @@ def test_insecure_dialing_skips_verification_but_not_the_token(certs, node_facto
     wait_state(right, {"connected"})
     assert right.link.tls
     right.end()
-
-
-def wait_state_rejected(session, count: int, timeout: float = 3.0) -> bool:
-    import gevent
-
-    deadline = time.monotonic() + timeout
-    while session.rejected_connections < count and time.monotonic() < deadline:
-        gevent.sleep(0.02)
-    return session.rejected_connections == count
 
 
 def test_tls_settings_are_checked_at_start(certs, tmp_path):
@@ -194,7 +176,7 @@ def test_one_deadline_covers_a_dialers_tls_and_hellos(certs, node_factory):
     import gevent
     from gevent import socket as gsocket
 
-    from service.transport.link import accept_tls, server_context
+    from service.transport.tls import accept_tls, server_context
 
     cert, key = certs["loopback"]
     b = node_factory("b", **tls_env(cert, key, ca=cert))  # hello timeout: 1 s

@@ -16,11 +16,11 @@ import jiwer
 import numpy as np
 import pytest
 import whisper
-from conftest import reference
+from helpers import reference
 from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
 
-from service.asr import weights
-from service.asr.weights import WeightsError, checkpoint_path, load_model, read_ct2
+from service.asr.ct2 import open_concatenated, read_ct2
+from service.asr.weights import WeightsError, checkpoint_path, load_model
 
 
 def read_wav(path: Path) -> np.ndarray:
@@ -83,9 +83,11 @@ def test_existing_checkpoint_path_is_returned_as_is(tiny_checkpoint: Path, tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
-def test_unknown_model_is_rejected(tmp_path: Path) -> None:
-    with pytest.raises(WeightsError, match="unknown model 'large'"):
-        checkpoint_path("large", tmp_path)
+def test_unknown_model_is_rejected_with_the_known_names(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError, match="unknown model 'large-v9'") as e:
+        checkpoint_path("large-v9", tmp_path)
+    assert "tiny.en, tiny, base.en" in str(e.value) and "large-v3-turbo, turbo" in str(e.value)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("size", [3, 40, 1_000_000], ids=["header", "names", "data"])
@@ -110,7 +112,7 @@ def test_read_ct2_rejects_trailing_bytes(tmp_path: Path) -> None:
     extra = tmp_path / "model.bin.part2"
     extra.write_bytes(b"\0")
     with (
-        weights._open_concatenated([tiny_model_bin(), extra]) as f,
+        open_concatenated([tiny_model_bin(), extra]) as f,
         pytest.raises(WeightsError, match="unexpected data"),
     ):
         read_ct2(f)

@@ -4,14 +4,13 @@ peers, replays, forged proofs): plain sockets, every step visible."""
 from __future__ import annotations
 
 import socket
-import time
 from collections import deque
 from pathlib import Path
 
-import gevent
+from helpers import start_node, wait_until
 
-from service.calls.session import CallOptions, CallSession
-from service.config import load_settings
+from service.calls.options import CallOptions
+from service.calls.session import CallSession
 from service.node import Node
 from service.transport import handshake
 from service.transport import protocol as p
@@ -53,23 +52,12 @@ def dial_handshake(
 
 # -- in-process nodes ---------------------------------------------------------------------
 # Two Nodes in the test process (no Whisper model: these tests are about the wire). The
-# process is not monkey-patched, so the tests wait with gevent.sleep and use gevent sockets,
-# which lets the nodes' greenlets run.
+# process is not monkey-patched, so the tests wait with helpers.wait_until and use gevent
+# sockets, which lets the nodes' greenlets run.
 
 
 def make_node(root: Path, name: str, **env: str) -> Node:
-    settings = load_settings(
-        {
-            "IM_DATA_DIR": str(root / name),
-            "IM_CALL_HOST": "127.0.0.1",
-            "IM_ADVERTISE_HOST": "127.0.0.1",
-            "IM_HELLO_TIMEOUT_S": "1",
-            **env,
-        }
-    )
-    node = Node(settings, load_model=False)
-    node.start()
-    return node
+    return start_node(root / name, **{"IM_HELLO_TIMEOUT_S": "1", **env})
 
 
 SILENT = CallOptions(input="silence", output=None, language=None, transcribe=False)
@@ -84,18 +72,9 @@ def dial(node: Node, address: str, token: str, options: CallOptions = SILENT) ->
 
 
 def wait_state(session: CallSession, states: set[str], timeout: float = 5.0) -> CallSession:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if session.state in states:
-            return session
-        gevent.sleep(0.02)
-    raise AssertionError(f"call {session.id} is {session.state}, never reached {states}")
-
-
-def wait_until(check, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        gevent.sleep(0.02)
-    raise AssertionError(f"{what} not met within {timeout} s")
+    """An in-process call in one of ``states`` (helpers.wait_state reads one over HTTP)."""
+    return wait_until(
+        lambda: session.state in states and session,
+        timeout,
+        lambda: f"call {session.id} ({session.state}) to reach {sorted(states)}",
+    )

@@ -14,7 +14,7 @@ from service.node import Node
 
 def create_app(node: Node) -> Flask:
     app = Flask("intellimeet")
-    app.json.sort_keys = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # DefaultJSONProvider's
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024  # no request body needs more
     app.extensions["intellimeet.node"] = node
     app.register_blueprint(sessions.bp)

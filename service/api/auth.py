@@ -11,7 +11,7 @@ import hmac
 import logging
 from collections.abc import Callable
 
-from flask import jsonify, request
+from flask import Response, jsonify, request
 
 from service.api.errors import error_body
 
@@ -19,10 +19,10 @@ log = logging.getLogger(__name__)
 OPEN_ENDPOINTS = {"system.healthz"}  # container health checks carry no secrets
 
 
-def bearer_guard(token: str) -> Callable[[], object]:
+def bearer_guard(token: str) -> Callable[[], Response | None]:
     expected = token.encode()
 
-    def guard():
+    def guard() -> Response | None:
         if request.endpoint in OPEN_ENDPOINTS:
             return None
         scheme, _, presented = request.headers.get("Authorization", "").partition(" ")

@@ -27,16 +27,18 @@ from flask import Blueprint, current_app, request
 from gevent.queue import Empty
 from spectree import Response as Resp
 
-from service.api import formats
+from service.api import views
 from service.api.errors import ApiError
 from service.api.schemas import MAX_SEGMENT_ID, ErrorBody, EventsQuery
 from service.api.spec import spec
+from service.calls.events import StateChange
+from service.vocab import CallState
 
 if TYPE_CHECKING:
     from service.calls.events import Listener
     from service.calls.session import CallSession
     from service.node import Node
-    from service.store.models import Segment
+    from service.store.models import SegmentRow
 
 log = logging.getLogger(__name__)
 bp = Blueprint("events", __name__)
@@ -44,7 +46,7 @@ bp = Blueprint("events", __name__)
 STATS_INTERVAL_S = 1.0
 KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing an idle stream
 RETRY_MS = 2000  # how long an EventSource waits before reconnecting
-ENDED_STATES = ("ended", "failed", "interrupted")
+ENDED_STATES = (CallState.ENDED, CallState.FAILED, CallState.INTERRUPTED)
 
 STREAM_DOC = """\
 `text/event-stream`. Events (`event:` name, `data:` one JSON object with `call_id`):
@@ -147,7 +149,7 @@ def _feed(
     call_id: str,
     session: CallSession | None,
     listener: Listener | None,
-    missed: list[Segment],
+    missed: list[SegmentRow],
     after: int,
     state: dict[str, Any],
     stats: bool,
@@ -155,7 +157,7 @@ def _feed(
     yield f"retry: {RETRY_MS}\n\n".encode()
     last_final = after
     for segment in missed:
-        yield sse("final", formats.final_event(segment), segment.id)
+        yield sse("final", views.stored_final(call_id, segment), segment.id)
         last_final = segment.id
     yield sse("state", {"call_id": call_id, **state})
     if listener is None or session is None or state["state"] in ENDED_STATES:
@@ -193,11 +195,13 @@ def _live(
         # A final whose id was replayed from the store is not sent twice.
         if event is not None and (event.id is None or event.id > last_final):
             last_final = event.id or last_final
-            saw_end = saw_end or (event.kind == "state" and event.data.get("state") in ENDED_STATES)
-            yield sse(event.kind, event.data, event.id)
+            saw_end = saw_end or (
+                isinstance(event.data, StateChange) and event.data.state in ENDED_STATES
+            )
+            yield sse(event.kind, views.event_data(call_id, event.data), event.id)
             last_sent = now
         if now >= next_stats:
-            yield sse("stats", {"call_id": call_id, "stats": session.snapshot()["stats"]})
+            yield sse("stats", {"call_id": call_id, "stats": views.live_session(session)["stats"]})
             next_stats = now + STATS_INTERVAL_S
             last_sent = now
         elif now - last_sent >= KEEPALIVE_S:

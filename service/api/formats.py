@@ -11,48 +11,15 @@ import math
 from collections.abc import Sequence
 
 from service.calls.peer import clean_text
-from service.store.models import Segment
+from service.store.models import SegmentRow
 
-SPEAKER_LABELS = {"local": "Local", "remote": "Remote"}
-
-
-def segment_json(s: Segment) -> dict:
-    return {
-        "id": s.id,
-        "speaker": s.speaker,
-        "start": s.start_s,
-        "end": s.end_s,
-        "text": s.text,
-        "language": s.language,
-        "task": s.task,
-        "avg_logprob": s.avg_logprob,
-        "no_speech_prob": s.no_speech_prob,
-        "compression_ratio": s.compression_ratio,
-        "created_at": s.created_at.isoformat(),
-    }
+SPEAKER_LABELS = {"local": "Local", "remote": "Remote"}  # how exports name the speakers
 
 
-def next_cursor(segments: Sequence[Segment], since: int | None) -> str:
+def next_cursor(segments: Sequence[SegmentRow], since: int | None) -> str:
     """A polling client's cursor: the highest segment id it has. A string, because it is
     opaque to clients (today it is also the live feed's event id, which is text on the wire)."""
     return str(max((s.id for s in segments), default=since or 0))
-
-
-def final_event(s: Segment) -> dict:
-    """A stored final as the live feed replays it: the same fields a live final carries.
-    `utterance` (what ties partials to their final) is not stored: a live thing only."""
-    return {
-        "call_id": s.call_id,
-        "id": s.id,
-        "speaker": s.speaker,
-        "utterance": None,
-        "number": s.number,
-        "text": s.text,
-        "start": s.start_s,
-        "end": s.end_s,
-        "language": s.language,
-        "task": s.task,
-    }
 
 
 MAX_CLOCK_S = 100 * 3600 - 0.001  # 99:59:59.999, the widest HH:MM:SS clock
@@ -68,14 +35,14 @@ def _clock(seconds: float, sep: str) -> str:
     return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
 
 
-def as_text(segments: Sequence[Segment]) -> str:
+def as_text(segments: Sequence[SegmentRow]) -> str:
     return "".join(
         f"[{_clock(s.start_s, '.')}] {SPEAKER_LABELS[s.speaker]}: {clean_text(s.text)}\n"
         for s in segments
     )
 
 
-def as_srt(segments: Sequence[Segment]) -> str:
+def as_srt(segments: Sequence[SegmentRow]) -> str:
     blocks = [
         f"{i}\n{_clock(s.start_s, ',')} --> {_clock(s.end_s, ',')}\n"
         f"{SPEAKER_LABELS[s.speaker]}: {_srt_text(s.text)}\n"
@@ -97,7 +64,7 @@ def _vtt_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def as_vtt(segments: Sequence[Segment]) -> str:
+def as_vtt(segments: Sequence[SegmentRow]) -> str:
     cues = [
         f"{_clock(s.start_s, '.')} --> {_clock(s.end_s, '.')}\n"
         f"<v {SPEAKER_LABELS[s.speaker]}>{_vtt_escape(s.text)}\n"

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify
 from spectree import Response as Resp
 
-from service.api import formats
+from service.api import formats, views
 from service.api.errors import ApiError
 from service.api.schemas import (
     CreateSession,
@@ -18,10 +17,10 @@ from service.api.schemas import (
     TranscriptQuery,
 )
 from service.api.spec import spec
+from service.calls.options import CallOptions
 from service.calls.registry import CallError
-from service.calls.session import CallOptions
 from service.node import Node
-from service.store.models import Call
+from service.vocab import Task
 
 bp = Blueprint("sessions", __name__)
 TAG = "sessions"
@@ -32,51 +31,15 @@ def _node() -> Node:
     return current_app.extensions["intellimeet.node"]
 
 
-def _stored_snapshot(call: Call, segments: dict[str, int] | None = None) -> dict[str, Any]:
-    """An ended (or interrupted) call as the store keeps it; ``segments``, the stored count
-    per speaker, when the caller already has it (one query for a whole list)."""
-    if segments is None:
-        segments = _node().store.segment_counts([call.id])[call.id]
-
-    def ts(value: datetime | None) -> str | None:
-        return value.isoformat() if value is not None else None
-
-    return {
-        "id": call.id,
-        "mode": call.mode,
-        "state": call.state,
-        "address": call.local_address,
-        "peer": call.peer_address,
-        "input": call.input,
-        "output": call.output,
-        "language": call.language,
-        "transcribe": call.transcribe,
-        "task": call.task,
-        "created_at": ts(call.created_at),
-        "connected_at": ts(call.connected_at),
-        "ended_at": ts(call.ended_at),
-        "end_reason": call.end_reason,
-        "stats": {
-            "frames_sent": call.frames_sent,
-            "frames_received": call.frames_received,
-            "bytes_sent": call.bytes_sent,
-            "bytes_received": call.bytes_received,
-            "rejected_connections": call.rejected_connections,
-            "segments": segments,
-            "segments_refused": call.segments_refused,
-        },
-    }
-
-
 def _snapshot(call_id: str) -> dict[str, Any]:
     node = _node()
     live = node.registry.get(call_id)
     if live is not None:
-        return live.snapshot()
+        return views.live_session(live)
     call = node.store.get_call(call_id)
     if call is None:
         raise ApiError(404, "not_found", f"no session {call_id}")
-    return _stored_snapshot(call)
+    return views.stored_session(call, node.store.segment_counts([call.id])[call.id])
 
 
 @bp.post("/sessions")
@@ -99,18 +62,20 @@ def create_session(json: CreateSession):
         output=json.output,
         language=json.language,
         transcribe=json.transcribe,
-        task=json.task,
+        task=Task(json.task),
     )
     try:
         if json.mode == "listen":
             session = node.registry.listen(json.port, options)
         else:
+            # CreateSession requires both for a dial (its validator), so neither is None.
+            assert json.peer is not None and json.token is not None
             session = node.registry.dial(json.peer, json.token, options)
     except CallError as exc:
         # 503 (the node is at IM_MAX_CALLS) is temporary: say when to look again.
         headers = {"Retry-After": str(RETRY_AFTER_S)} if exc.status == 503 else None
         raise ApiError(exc.status, exc.code, exc.message, headers=headers) from None
-    body = session.snapshot()
+    body = views.live_session(session)
     if session.mode == "listen":
         body["token"] = session.token  # shown once: the peer dials with it
     return jsonify(body), 201
@@ -126,7 +91,11 @@ def list_sessions():
     counts = node.store.segment_counts([c.id for c in calls if node.registry.get(c.id) is None])
     for call in calls:
         live = node.registry.get(call.id)
-        out.append(live.snapshot() if live is not None else _stored_snapshot(call, counts[call.id]))
+        out.append(
+            views.live_session(live)
+            if live is not None
+            else views.stored_session(call, counts[call.id])
+        )
     return jsonify({"sessions": out})
 
 
@@ -147,7 +116,7 @@ def end_session(call_id: str):
         snapshot = _snapshot(call_id)  # 404 when unknown
         raise ApiError(409, "not_live", f"session {call_id} already {snapshot['state']}")
     live.end("hangup")
-    return jsonify(live.snapshot())
+    return jsonify(views.live_session(live))
 
 
 @bp.get("/sessions/<call_id>/transcript")
@@ -174,7 +143,7 @@ def transcript(call_id: str, query: TranscriptQuery):
             {
                 "call_id": call_id,
                 "state": snapshot["state"],
-                "segments": [formats.segment_json(s) for s in segments],
+                "segments": [views.segment(s) for s in segments],
                 "next_cursor": formats.next_cursor(segments, query.since),
             }
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from spectree import SecurityScheme, SecuritySchemeData, SpecTree
+from spectree.models import SecureType
 
 from service.api.errors import ApiError
 from service.api.schemas import ErrorBody
@@ -45,7 +46,9 @@ spec = SpecTree(
     validation_error_model=ErrorBody,
     annotations=True,
     security_schemes=[
-        SecurityScheme(name="bearer", data=SecuritySchemeData(type="http", scheme="bearer")),
+        SecurityScheme(
+            name="bearer", data=SecuritySchemeData(type=SecureType.HTTP, scheme="bearer")
+        ),
     ],
     # Required when the node has IM_API_TOKEN set; /healthz never needs it.
     security={"bearer": []},

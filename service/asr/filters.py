@@ -2,22 +2,27 @@
 
 Whisper invents text where there is none ("Thanks for watching!", a line repeated to the
 end of the window). The voice activity detector keeps silence and noise from reaching the
-model at all; these checks catch what slips through, in this order:
+model at all; these checks catch what slips through, in this order (`judge`):
 
 1. ``empty``: nothing but punctuation or blanks.
 2. ``no_speech``: Whisper's own rule (as in `whisper.transcribe`): the no-speech
-   probability is high *and* the text is not confidently decoded.
-3. ``repetition``: a language-agnostic loop detector on characters (any 1-30 character
-   unit repeated back to back 5+ times) and on tokens (the same n-gram 4+ times in a row);
+   probability is above ``NO_SPEECH_THRESHOLD`` *and* the mean log-probability below
+   ``LOGPROB_THRESHOLD`` (the text is not confidently decoded).
+3. ``too_long``: more tokens than any speaker produces in the audio's duration
+   (``max_tokens``: ``TOKENS_SLACK`` plus ``TOKENS_PER_S`` per second).
+4. ``repetition``: a language-agnostic loop detector (``repeated``) on characters (a 1-30
+   character unit that carries a letter or digit, 5+ times back to back over at least 8
+   characters) and on tokens (one token 6+ times in a row, or a 2-4 token n-gram 4+ times);
    it works for scripts without spaces too.
-4. ``too_long``: more tokens than any speaker produces in the audio's duration.
-5. ``compression_ratio``: Whisper's gzip-ratio threshold.
+5. ``compression_ratio``: the text's gzip ratio above ``COMPRESSION_RATIO_THRESHOLD``
+   (Whisper's own threshold).
+6. ``low_logprob``: the mean log-probability below ``LOGPROB_THRESHOLD``.
 
-1-2 drop a candidate at once. 3-5 and a low mean log-probability (``low_logprob``) first ask
-for a decode at a higher temperature, as `whisper.transcribe` does, and drop it only when
-every temperature failed. When every try was merely unconfident, the engine keeps the most
-confident one: that is hard speech more often than invented speech, and the greedy decode
-usually beats the samples (`whisper.transcribe` keeps the last, most random one).
+1-2 drop a candidate at once. 3-6 first ask for a decode at a higher temperature, as
+`whisper.transcribe` does, and drop it only when every temperature failed. When every try
+was merely unconfident (6), the engine keeps the most confident one: that is hard speech
+more often than invented speech, and the greedy decode usually beats the samples
+(`whisper.transcribe` keeps the last, most random one).
 
 No list of known phrases is used: it would only ever cover one language's favourite
 hallucinations, and would drop those words when someone really says them.
@@ -59,7 +64,8 @@ def max_tokens(duration_s: float) -> int:
 
 
 def repeated(text: str, tokens: list[int]) -> bool:
-    """A loop: a character unit 5+ times back to back, or a token n-gram 4+ times."""
+    """A loop: a character unit 5+ times back to back, one token 6+ times in a row, or a
+    2-4 token n-gram 4+ times."""
     squeezed = " ".join(text.split())
     for m in _REPEATED_UNIT.finditer(squeezed):
         unit = m.group(1).strip()

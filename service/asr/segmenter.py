@@ -13,7 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.asr.vad import make_vad
-from service.audio.frames import FRAME_MS, FRAME_SAMPLES, to_float32
+from service.frames import FRAME_MS, FRAME_SAMPLES, to_float32
+
+# Of the silence that closes an utterance, this much is kept with it: Whisper places the
+# final word better with a little silence after it.
+TRAILING_SILENCE_MS = 200
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class Segmenter:
         self._last_voiced = 0  # frame index of the newest voiced frame
         self._end_frames = max(1, c.end_silence_ms // FRAME_MS)
         self._max_frames = int(c.max_utterance_s * 1000 / FRAME_MS)
+        self._trail_frames = TRAILING_SILENCE_MS // FRAME_MS
 
     @property
     def in_speech(self) -> bool:
@@ -71,7 +76,7 @@ class Segmenter:
         """The utterance in progress as it stands, for a provisional (partial) transcript."""
         if not self._frames:
             return None
-        keep = len(self._frames) - max(0, self._silent_run - 10)
+        keep = self._kept_frames()
         return Utterance(
             start_s=self._start_frame * FRAME_MS / 1000,
             end_s=(self._start_frame + keep) * FRAME_MS / 1000,
@@ -107,9 +112,7 @@ class Segmenter:
         else:
             self._silent_run += 1
         if self._silent_run >= self._end_frames:
-            # Keep a little of the trailing silence: Whisper places the final word better.
-            keep = len(self._frames) - self._silent_run + min(self._silent_run, 10)
-            return self._emit(keep)
+            return self._emit(self._kept_frames())
         if len(self._frames) >= self._max_frames:
             return self._emit(self._cut_point(), carry_rest=True)
         return None
@@ -118,7 +121,11 @@ class Segmenter:
         """End of stream: whatever is open is an utterance (nothing said is dropped)."""
         if not self._frames:
             return None
-        return self._emit(len(self._frames) - max(0, self._silent_run - 10))
+        return self._emit(self._kept_frames())
+
+    def _kept_frames(self) -> int:
+        """The open utterance's frames less its trailing silence beyond TRAILING_SILENCE_MS."""
+        return len(self._frames) - max(0, self._silent_run - self._trail_frames)
 
     def _cut_point(self) -> int:
         """Quietest frame in the last third: the best available pause to cut at."""

@@ -2,40 +2,31 @@
 
 A call has one per transcribed speaker; the benchmark drives the very same object, so what
 it measures is what a call does. Everything here runs on the hub; decoding happens on the
-engine's worker thread and comes back through `on_partial` / `on_final`.
+engine's worker thread and comes back through `on_partial` / `on_final`. A stream keeps
+nothing per utterance once its final is answered: a caller that wants timings per utterance
+(the benchmark) records them from the callbacks and `on_utterance`.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import replace
 
 import numpy as np
 from gevent.event import Event
 
-from service.asr.engine import AsrEngine, Outcome, Request
+from service.asr.engine import AsrEngine
+from service.asr.scheduler import Drop, Outcome, Request, RequestKind
 from service.asr.segmenter import Segmenter, SegmenterConfig, Utterance
-from service.audio.frames import FRAME_MS
+from service.frames import FRAME_MS
+from service.vocab import Segment, Task
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PARTIAL_INTERVAL_S = 1.0
 DEFAULT_PROMPT_CHARS = 200
 PROMPT_RESET_TEMPERATURE = 0.5  # as whisper.transcribe: text this uncertain is no context
-
-
-@dataclass(frozen=True)
-class FinalSegment:
-    start_s: float
-    end_s: float
-    text: str
-    language: str | None
-    task: str
-    avg_logprob: float | None
-    no_speech_prob: float | None
-    compression_ratio: float | None
 
 
 class Context:
@@ -68,7 +59,8 @@ class Context:
 
 
 PartialHandler = Callable[[int, str, float, float], None]  # utterance, text, start, end
-FinalHandler = Callable[[int, list[FinalSegment]], None]  # utterance, segments (maybe none)
+FinalHandler = Callable[[int, list[Segment]], None]  # utterance, segments (maybe none)
+UtteranceHandler = Callable[[int, Utterance], None]  # utterance number, its audio and times
 
 
 class StreamTranscriber:
@@ -76,6 +68,9 @@ class StreamTranscriber:
     `partial_interval_s` of new speech while an utterance is open (never more than one
     partial in flight), and each ended utterance comes to `on_final` exactly once, in order,
     with an empty list when nothing was kept (silence, or a candidate the filters dropped).
+    A segment's times are seconds into the stream; its speaker and number are left to the
+    caller (`Segment.numbered`). `on_utterance`, if given, is told of each ended utterance
+    as it goes to the model.
     """
 
     def __init__(
@@ -85,18 +80,20 @@ class StreamTranscriber:
         on_final: FinalHandler,
         on_partial: PartialHandler | None = None,
         language: str | None = None,
-        task: str = "transcribe",
+        task: Task | str = Task.TRANSCRIBE,
         partial_interval_s: float = DEFAULT_PARTIAL_INTERVAL_S,
         label: str = "",
         prompt_chars: int = DEFAULT_PROMPT_CHARS,
+        on_utterance: UtteranceHandler | None = None,
     ) -> None:
         self.engine = engine
         self.segmenter = Segmenter(config)
         self.language = language
-        self.task = task
+        self.task = Task(task)
         self.label = label
         self._on_final = on_final
         self._on_partial = on_partial
+        self._on_utterance = on_utterance
         self._partial_frames = (
             max(1, int(partial_interval_s * 1000 / FRAME_MS)) if partial_interval_s > 0 else 0
         )
@@ -107,14 +104,11 @@ class StreamTranscriber:
         self._finals_pending = 0
         self.idle = Event()
         self.idle.set()
-        # Figures a caller (or the benchmark) may read.
+        # Counters a caller may read.
         self.finals_committed = 0
         self.finals_dropped = 0
         self.finals_rejected = 0
         self.partials_shown = 0
-        self.speech_end_at: dict[int, float] = {}  # utterance -> stream s of its last speech
-        self.final_at: dict[int, float] = {}  # utterance -> monotonic time its final arrived
-        self.partial_at: list[tuple[int, float]] = []  # (utterance, monotonic) per partial
 
     @property
     def pending(self) -> int:
@@ -152,12 +146,14 @@ class StreamTranscriber:
         number = self._utterance
         self._frames_at_partial = frames
         request = self._request(
-            "partial", open_utt, lambda o: self._partial_done(number, open_utt, o)
+            RequestKind.PARTIAL, open_utt, lambda o: self._partial_done(number, open_utt, o)
         )
         if self.engine.submit(request):
             self._partial_in_flight = True
 
-    def _request(self, kind: str, utt: Utterance, on_done: Callable[[Outcome], None]) -> Request:
+    def _request(
+        self, kind: RequestKind, utt: Utterance, on_done: Callable[[Outcome], None]
+    ) -> Request:
         """A decode of this stream's audio, with its committed text as context."""
         return Request(
             kind,
@@ -176,15 +172,15 @@ class StreamTranscriber:
         if o.text is None or number != self._utterance or self._on_partial is None:
             return  # dropped, or its utterance has ended meanwhile: the final replaces it
         self.partials_shown += 1
-        self.partial_at.append((number, time.monotonic()))
         self._on_partial(number, o.text, utt.start_s, utt.end_s)
 
     def _submit_final(self, utt: Utterance) -> None:
         number = self._utterance
         self._utterance += 1
         self._frames_at_partial = 0
-        self.speech_end_at[number] = utt.speech_end_s if utt.speech_end_s is not None else utt.end_s
-        request = self._request("final", utt, lambda o: self._final_done(number, utt, o))
+        if self._on_utterance is not None:
+            self._on_utterance(number, utt)
+        request = self._request(RequestKind.FINAL, utt, lambda o: self._final_done(number, utt, o))
         if not self.engine.submit(request):
             self.finals_rejected += 1
             return
@@ -193,10 +189,10 @@ class StreamTranscriber:
 
     def _final_done(self, number: int, utt: Utterance, o: Outcome) -> None:
         try:
-            self.final_at[number] = time.monotonic()
-            if o.text is None:
+            if o.segment is None:
                 self.finals_dropped += 1
-                if o.dropped == "error":
+                d = o.decoded
+                if o.dropped == Drop.ERROR or d is None:
                     log.error("%s: utterance %d failed to decode: %s", self.label, number, o.error)
                 else:
                     log.info(
@@ -207,24 +203,15 @@ class StreamTranscriber:
                         utt.start_s,
                         utt.end_s,
                         o.dropped,
-                        o.no_speech_prob or 0.0,
-                        o.avg_logprob or 0.0,
-                        o.compression_ratio or 0.0,
+                        d.no_speech_prob or 0.0,
+                        d.avg_logprob or 0.0,
+                        d.compression_ratio or 0.0,
                     )
                 self._on_final(number, [])
                 return
             self.finals_committed += 1
-            self.context.add(o.text, o.language, o.temperature)
-            segment = FinalSegment(
-                start_s=round(utt.start_s, 3),
-                end_s=round(utt.end_s, 3),
-                text=o.text,
-                language=o.language,
-                task=self.task,
-                avg_logprob=o.avg_logprob,
-                no_speech_prob=o.no_speech_prob,
-                compression_ratio=o.compression_ratio,
-            )
+            segment = replace(o.segment, start=round(utt.start_s, 3), end=round(utt.end_s, 3))
+            self.context.add(segment.text, segment.language, o.temperature)
             self._on_final(number, [segment])
         finally:
             self._finals_pending -= 1

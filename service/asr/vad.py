@@ -1,10 +1,10 @@
 """Voice activity detectors behind one per-20-ms-frame interface.
 
 Two are offered because they trade differently (measured by ``scripts/bench_vad.py``, figures
-in the README): webrtcvad is a tiny GMM that costs microseconds but fires on loud broadband
-noise; Silero is a small neural net (onnxruntime, one thread) that tells speech from noise far
-better at a few tens of microseconds per frame. The segmenter only ever asks "is this frame
-speech?", so either can sit behind it.
+in docs/benchmarks.md): webrtcvad is a tiny GMM, the cheaper by far, but fires on loud
+broadband noise; Silero is a small neural net (onnxruntime, one thread), dearer per frame yet
+still a small share of a frame's 20 ms, that tells speech from noise far better. The
+segmenter only ever asks "is this frame speech?", so either can sit behind it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from service.audio.frames import FRAME_SAMPLES, SAMPLE_RATE
+from service.frames import FRAME_SAMPLES, SAMPLE_RATE
 
 VAD_KINDS = ("silero", "webrtc")
 

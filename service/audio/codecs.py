@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from service.audio.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE
+from service.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE
 
 __all__ = [
     "CODECS",

@@ -7,28 +7,24 @@ real audio, a concealment, or silence, never nothing and never a wait.
 
 How it adapts (the ideas of WebRTC's NetEq, kept small):
 
-- **Schedule.** Frame ``s`` is due at ``base + s·20 ms`` on the receiver's clock, where
-  ``base`` is the smallest ``arrival - s·20 ms`` seen in the last few seconds: the schedule
-  the earliest packets keep. Sequence numbers, not the sender's capture clock, define it, so a
-  peer with an odd clock cannot confuse the buffer (drift between the two sound cards is
-  followed by the sliding minimum).
-- **Jitter** is a high quantile of how late frames arrive against that schedule, over a
-  sliding window. The buffer aims to play each frame that much after its due time
-  (``target``), bounded by ``max_delay_ms``; it starts with one frame.
+- **Schedule and jitter** (service/audio/jitter.py): frame ``s`` is due at ``base + s·20 ms``
+  on the receiver's clock, ``base`` following the earliest packets; jitter is a high quantile
+  of how late frames arrive against that. The buffer aims to play each frame that much after
+  its due time (``target``), bounded by ``max_delay_ms``; it starts with one frame.
 - **Slack** is how long after its due time the next frame is actually being played. Too much
   slack (after a burst, or once jitter calms down) is latency no one needs, so frames are
   dropped — preferably quiet ones, always with a crossfade — one per tick, or many at once
   when the buffer is far behind. Too little, and an underrun plays a concealment *without*
   moving on, which grows the slack by exactly the late frame's lateness.
-- **Gaps.** A missing frame with later ones present is lost: Opus rebuilds it from the next
-  packet's FEC when that is here, else Opus PLC; PCM fades out. Concealment fades to silence
-  within ``plc_frames``. Every join that is not the codec's own continuation is crossfaded
-  (5 ms raised cosine) from a mirror of what was just played, so nothing clicks.
+- **Gaps and joins** (service/audio/concealment.py): a lost frame is rebuilt (Opus FEC or
+  PLC) or faded out (PCM), and every join that is not the codec's own continuation is
+  crossfaded, so nothing clicks. Figures: service/audio/playout_stats.py.
 
 Threads: ``push`` runs on the gevent hub, ``pull`` on the playout clock (a PortAudio callback
 thread, or a greenlet). Shared state sits behind a *native* lock held only for dict/deque
-bookkeeping (microseconds, no I/O, no decoding); decoding and all output state belong to the
-single pulling thread. Counters are written by one side each, so snapshots need no lock. No
+bookkeeping (microseconds, no I/O, no decoding); the schedule belongs to the pushing side,
+decoding and all output state (the concealer, the latency record) to the single pulling
+thread. Counters are written by one side each, so snapshots need no lock. No
 logging from ``pull`` (a gevent-patched logging lock must not be taken on a foreign thread):
 ``log_changes`` is called from the hub instead.
 """
@@ -37,75 +33,23 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
-from service.audio.codecs import CodecError, Decoder, codec_name, make_decoder
-from service.audio.frames import FRAME_MS, FRAME_SAMPLES
+from service.audio.codecs import CodecError, codec_name
+from service.audio.concealment import Concealer, Packet, rms
+from service.audio.jitter import Schedule
+from service.audio.playout_stats import LatencyRecord, PlayoutStats
+from service.frames import FRAME_MS, FRAME_SAMPLES
+from service.threadhub import native_lock
 
 log = logging.getLogger(__name__)
 
 FRAME_S = FRAME_MS / 1000
-XFADE = 80  # samples: 5 ms
-_RAMP = (0.5 - 0.5 * np.cos(np.pi * (np.arange(XFADE) + 0.5) / XFADE)).astype(np.float32)
-_FADE_OUT = np.linspace(1.0, 0.0, FRAME_SAMPLES, dtype=np.float32)
-BURST_GAP_S = 0.004  # arrivals closer than this came in one burst
 QUIET_RMS = 300.0  # about -40 dBFS: a pause in speech, where a dropped frame goes unheard
-
-
-def _native_lock() -> Any:
-    """A real OS lock even under gevent's monkey-patching: the pulling thread is not a
-    greenlet, and a gevent lock taken from a foreign thread is unsafe."""
-    try:
-        from gevent.monkey import get_original
-
-        return get_original("_thread", "allocate_lock")()
-    except ImportError:  # pragma: no cover - gevent is a dependency
-        import _thread
-
-        return _thread.allocate_lock()
-
-
-@dataclass(slots=True)
-class _Packet:
-    codec: str
-    payload: bytes
-    capture_us: int
-
-
-def _rms(pcm: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(pcm, dtype=np.float64))))
-
-
-def _to_int16(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(x), -32768, 32767).astype(np.int16)
-
-
-LATENCY_BIN_MS = 0.5
-LATENCY_BINS = 4000  # 0-2 s; slower frames share the last bin
-
-
-def latency_summary(hist: np.ndarray) -> dict[str, float | int]:
-    """Percentiles (upper bin edges, so never flattering) of a latency histogram."""
-    n = int(hist.sum())
-    if n == 0:
-        return {"n": 0}
-    cumulative = np.cumsum(hist)
-
-    def edge(q: float) -> float:
-        return round(float(np.searchsorted(cumulative, q * n) + 1) * LATENCY_BIN_MS, 1)
-
-    return {
-        "n": n,
-        "p50": edge(0.50),
-        "p95": edge(0.95),
-        "p99": edge(0.99),
-        "max": round(float(np.flatnonzero(hist)[-1] + 1) * LATENCY_BIN_MS, 1),
-    }
 
 
 class PlayoutBuffer:
@@ -129,22 +73,16 @@ class PlayoutBuffer:
             raise ValueError("jitter_quantile must be in [0.5, 1)")
         self.max_delay_s = max_delay_ms / 1000
         self.capacity = capacity_frames
-        self.quantile = jitter_quantile
-        self.plc_frames = max(1, plc_frames)
         self._clock = clock
         self._wall = wall_clock
-        self._lock = _native_lock()
+        self._lock = native_lock()  # pull() takes it on PortAudio's thread, not a greenlet
 
         # Shared (under the lock): what waits to be played and where playing stands.
-        self._packets: dict[int, _Packet] = {}
+        self._packets: dict[int, Packet] = {}
         self._next: int | None = None  # extended sequence number due next
         self._newest: int | None = None
         # Push side only (the hub).
-        self._last_ext: int | None = None
-        self._last_arrival: float | None = None
-        self._transit: deque[float] = deque(maxlen=max(10, round(jitter_window_s / FRAME_S)))
-        self._base = 0.0  # earliest schedule: min(arrival - seq·20 ms) over the window
-        self._jitter = 0.0  # seconds; read by the puller (a float store is atomic)
+        self._schedule = Schedule(jitter_window_s, jitter_quantile)
         self.frames_received = 0
         self.frames_dropped_late = 0
         self.frames_dropped_overflow = 0
@@ -152,26 +90,23 @@ class PlayoutBuffer:
         self.frames_rejected = 0
         self.resyncs = 0
         # Pull side only (the playout clock).
-        self._decoders: dict[str, Decoder] = {}
-        self._codec = "pcm16"  # of the last frame played: who conceals the next gap
-        self._prev = np.zeros(FRAME_SAMPLES, dtype=np.int16)
-        self._join = False  # the next real frame is not the continuation of _prev
-        self._plc_run = 0
+        self._out = Concealer(plc_frames)
         self._underrun = False
         self._surplus_since: float | None = None
         self._started = False
         self.frames_played = 0
-        self.frames_concealed = 0
-        self.frames_fec = 0
-        self.frames_silence = 0
         self.frames_dropped_catchup = 0
-        self.frames_undecodable = 0
         self.underruns = 0
-        self._latency_ms: deque[float] = deque(maxlen=latency_ring)
-        # Every frame of the call, in LATENCY_BIN_MS bins: percentiles over a whole call
-        # (hours) in constant memory, which the recent-frames ring cannot give.
-        self._latency_hist = np.zeros(LATENCY_BINS + 1, dtype=np.int64)
+        self._latency = LatencyRecord(latency_ring)
         self._logged: dict[str, int] = {}
+
+    @property
+    def frames_concealed(self) -> int:
+        return self._out.frames_concealed
+
+    @property
+    def frames_undecodable(self) -> int:
+        return self._out.frames_undecodable
 
     # -- the network side ---------------------------------------------------------------
 
@@ -188,7 +123,7 @@ class PlayoutBuffer:
             self.frames_rejected += 1
             return False
         now = self._clock()
-        ext = self._extend(seq)
+        ext = self._schedule.extend(seq)
         with self._lock:
             # Measured from what is held, not only from what plays next: before the first
             # pull, a frame far below the newest would otherwise stretch the schedule
@@ -210,7 +145,7 @@ class PlayoutBuffer:
             elif ext in self._packets:
                 self.frames_duplicate += 1
                 return False
-            self._packets[ext] = _Packet(name, bytes(payload), int(capture_time_us))
+            self._packets[ext] = Packet(name, bytes(payload), int(capture_time_us))
             if self._newest is None or ext > self._newest:
                 self._newest = ext
             while len(self._packets) > self.capacity:
@@ -222,37 +157,10 @@ class PlayoutBuffer:
         self.frames_received += 1
         if resync:
             self.resyncs += 1
-            self._transit.clear()
-            self._last_arrival = None
+            self._schedule.restart()
             log.warning("playout: sequence jumped to %d; buffer restarted", seq)
-        # A frame that lands right behind the previous one queued behind it (TCP delivers in
-        # order): its lateness is its leader's, already counted. Counting every frame of a
-        # burst would let one stall dominate the quantile for the whole window.
-        if self._last_arrival is None or now - self._last_arrival > BURST_GAP_S:
-            self._transit.append(now - ext * FRAME_S)
-            self._update_jitter()
-        self._last_arrival = now
+        self._schedule.arrived(ext, now)
         return True
-
-    def _extend(self, seq: int) -> int:
-        """u32 wire sequence numbers to an unbounded count (wraps after 994 days at 50/s,
-        but a peer may start anywhere)."""
-        if self._last_ext is None:
-            ext = seq
-        else:
-            delta = (seq - self._last_ext) & 0xFFFFFFFF
-            if delta >= 1 << 31:
-                delta -= 1 << 32
-            ext = self._last_ext + delta
-        if self._last_ext is None or ext > self._last_ext:
-            self._last_ext = ext
-        return ext
-
-    def _update_jitter(self) -> None:
-        values = np.fromiter(self._transit, dtype=np.float64, count=len(self._transit))
-        base = float(values.min())
-        self._jitter = float(np.quantile(values, self.quantile)) - base
-        self._base = base
 
     # -- the playout side ---------------------------------------------------------------
 
@@ -262,12 +170,12 @@ class PlayoutBuffer:
         try:
             return self._pull()
         except Exception:  # a playout clock must keep ticking whatever a frame holds
-            self.frames_undecodable += 1
-            self._join = True
+            self._out.frames_undecodable += 1
+            self._out.join = True
             return self._emit(np.zeros(FRAME_SAMPLES, dtype=np.int16))
 
     def _target_s(self) -> float:
-        return min(self._jitter, self.max_delay_s - FRAME_S)
+        return min(self._schedule.jitter, self.max_delay_s - FRAME_S)
 
     def _pull(self) -> np.ndarray:
         now = self._clock()
@@ -283,7 +191,7 @@ class PlayoutBuffer:
                 packet = self._packets.pop(nxt, None)
                 # How long after its due time the next frame plays now; beyond the target it
                 # is latency nobody asked for.
-                surplus = now - (self._base + nxt * FRAME_S) - target
+                surplus = now - (self._schedule.base + nxt * FRAME_S) - target
                 if packet is None:
                     newer = self._newest is not None and self._newest > nxt
                     action = "lost" if newer else "underrun"
@@ -309,28 +217,28 @@ class PlayoutBuffer:
                             self._next = last + 1
                             surplus -= want * FRAME_S
         if action == "idle":
-            return self._conceal(None, started=self._started)
+            return self._out.conceal(None, started=self._started)
         if action == "underrun":
             if not self._underrun:
                 self._underrun = True
                 self.underruns += 1
-            return self._conceal(None, started=True)
+            return self._out.conceal(None, started=True)
         self._underrun = False
         if action == "lost":
-            return self._conceal(follower, started=True, lost=True)
+            return self._out.conceal(follower, started=True, lost=True)
         assert packet is not None
         if skipped:
             self.frames_dropped_catchup += skipped
-            self._join = True  # the decoder never saw the skipped frames
+            self._out.join = True  # the decoder never saw the skipped frames
         self._started = True
-        pcm = self._decode(packet)
+        pcm = self._out.decode(packet)
         if pcm is None:
-            return self._conceal(None, started=True)
+            return self._out.conceal(None, started=True)
         if surplus > FRAME_S + 0.005:
             if self._surplus_since is None:
                 self._surplus_since = now
             forced = surplus > 3 * FRAME_S or now - self._surplus_since > 1.0
-            if forced or _rms(pcm) < QUIET_RMS:
+            if forced or rms(pcm) < QUIET_RMS:
                 dropped = self._drop_one(pcm)
                 if dropped is not None:
                     self._surplus_since = None
@@ -345,119 +253,64 @@ class PlayoutBuffer:
         with self._lock:
             nxt = self._next
             packet = self._packets.pop(nxt, None) if nxt is not None else None
-            if packet is not None:
+            if packet is not None and nxt is not None:
                 self._next = nxt + 1
         if packet is None:
             return None
-        pcm = self._decode(packet)
+        pcm = self._out.decode(packet)
         self.frames_dropped_catchup += 1
         if pcm is None:
-            return self._conceal(None, started=True)
+            return self._out.conceal(None, started=True)
         self._record_latency(packet)
         self.frames_played += 1
-        continuation = self._prev[::-1] if self._join else skipped_pcm
-        self._join = False
-        return self._crossfade(continuation, pcm)
+        return self._out.splice(skipped_pcm, pcm)
 
-    def _decode(self, packet: _Packet) -> np.ndarray | None:
-        decoder = self._decoders.get(packet.codec)
-        if decoder is None:
-            decoder = self._decoders[packet.codec] = make_decoder(packet.codec)
-        self._codec = packet.codec
-        try:
-            return decoder.decode(packet.payload)
-        except CodecError:
-            self.frames_undecodable += 1
-            return None
+    def _emit(self, pcm: np.ndarray, packet: Packet | None = None) -> np.ndarray:
+        """A real frame (not a concealment) out; ``packet`` when it is the one it decodes."""
+        if packet is not None:
+            self._record_latency(packet)
+            self.frames_played += 1
+        return self._out.emit(pcm)
 
-    def _conceal(
-        self, follower: _Packet | None, *, started: bool, lost: bool = False
-    ) -> np.ndarray:
-        """A frame for a gap: Opus FEC/PLC (fading to silence over plc_frames), a PCM fade
-        from a mirror of the last output, or silence."""
-        decoder = self._decoders.get(self._codec)
-        run = self._plc_run
-        self._plc_run += 1
-        self._join = True
-        if not started:
-            self.frames_silence += 1
-            return self._emit(np.zeros(FRAME_SAMPLES, dtype=np.int16), concealed=True)
-        if decoder is not None and decoder.conceals and run < self.plc_frames:
-            fec = lost and follower is not None and follower.codec == self._codec
-            pcm = decoder.conceal(follower.payload if fec and follower else None)
-            self.frames_concealed += 1
-            if fec:
-                self.frames_fec += 1
-                self._plc_run = 0
-                self._join = False  # the decoder carries on from its own FEC frame
-                return self._emit(pcm, concealed=True)
-            gain = np.linspace(
-                1 - run / self.plc_frames, 1 - (run + 1) / self.plc_frames, FRAME_SAMPLES
-            )
-            return self._emit(_to_int16(pcm * gain), concealed=True)
-        if run == 0 and np.any(self._prev):
-            self.frames_concealed += 1
-            return self._emit(_to_int16(self._prev[::-1] * _FADE_OUT), concealed=True)
-        self.frames_silence += 1
-        return self._emit(np.zeros(FRAME_SAMPLES, dtype=np.int16), concealed=True)
-
-    def _crossfade(self, continuation: np.ndarray, pcm: np.ndarray) -> np.ndarray:
-        out = pcm.astype(np.float32)
-        out[:XFADE] = continuation[:XFADE] * (1 - _RAMP) + out[:XFADE] * _RAMP
-        return _to_int16(out)
-
-    def _emit(
-        self, pcm: np.ndarray, packet: _Packet | None = None, concealed: bool = False
-    ) -> np.ndarray:
-        if not concealed:
-            if self._join:
-                pcm = self._crossfade(self._prev[::-1], pcm)
-                self._join = False
-            self._plc_run = 0
-            if packet is not None:
-                self._record_latency(packet)
-                self.frames_played += 1
-        self._prev = pcm
-        return pcm
-
-    def _record_latency(self, packet: _Packet) -> None:
-        ms = (self._wall() - packet.capture_us / 1e6) * 1000
-        self._latency_ms.append(ms)
-        self._latency_hist[min(LATENCY_BINS, max(0, int(ms / LATENCY_BIN_MS)))] += 1
+    def _record_latency(self, packet: Packet) -> None:
+        self._latency.add((self._wall() - packet.capture_us / 1e6) * 1000)
 
     # -- figures ------------------------------------------------------------------------
 
     def latencies_ms(self) -> list[float]:
         """Capture-to-playout delay of recent frames (wall clocks of sender and receiver;
         meaningful on one host or with synchronised clocks)."""
-        return list(self._latency_ms)
+        return self._latency.recent()
 
-    @property
-    def stats(self) -> dict[str, Any]:
+    def figures(self) -> PlayoutStats:
         with self._lock:
             first = self._next if self._next is not None else min(self._packets, default=None)
             newest = self._newest
         depth = 0 if first is None or newest is None else max(0, newest - first + 1)
-        latency = latency_summary(self._latency_hist)
-        return {
-            "target_ms": round((self._target_s() + FRAME_S) * 1000, 1),
-            "depth_ms": depth * FRAME_MS,
-            "jitter_ms": round(self._jitter * 1000, 1),
-            "frames_received": self.frames_received,
-            "frames_played": self.frames_played,
-            "frames_concealed": self.frames_concealed,
-            "frames_fec": self.frames_fec,
-            "frames_silence": self.frames_silence,
-            "frames_dropped_late": self.frames_dropped_late,
-            "frames_dropped_overflow": self.frames_dropped_overflow,
-            "frames_dropped_catchup": self.frames_dropped_catchup,
-            "frames_duplicate": self.frames_duplicate,
-            "frames_rejected": self.frames_rejected,
-            "frames_undecodable": self.frames_undecodable,
-            "underruns": self.underruns,
-            "resyncs": self.resyncs,
-            "latency_ms": latency,
-        }
+        return PlayoutStats(
+            target_ms=round((self._target_s() + FRAME_S) * 1000, 1),
+            depth_ms=depth * FRAME_MS,
+            jitter_ms=round(self._schedule.jitter * 1000, 1),
+            frames_received=self.frames_received,
+            frames_played=self.frames_played,
+            frames_concealed=self._out.frames_concealed,
+            frames_fec=self._out.frames_fec,
+            frames_silence=self._out.frames_silence,
+            frames_dropped_late=self.frames_dropped_late,
+            frames_dropped_overflow=self.frames_dropped_overflow,
+            frames_dropped_catchup=self.frames_dropped_catchup,
+            frames_duplicate=self.frames_duplicate,
+            frames_rejected=self.frames_rejected,
+            frames_undecodable=self._out.frames_undecodable,
+            underruns=self.underruns,
+            resyncs=self.resyncs,
+            latency_ms=self._latency.summary(),
+        )
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """``figures()`` as JSON-ready fields (what the API shows under ``output``)."""
+        return asdict(self.figures())
 
     def log_changes(self, logger: logging.Logger = log, label: str = "playout") -> None:
         """Log drop and concealment counters that moved since the last call. Call from the
@@ -484,5 +337,5 @@ class PlayoutBuffer:
                 label,
                 ", ".join(f"{k} +{v}" for k, v in moved.items()),
                 (self._target_s() + FRAME_S) * 1000,
-                self._jitter * 1000,
+                self._schedule.jitter * 1000,
             )

@@ -2,7 +2,7 @@
 
 Every sink plays from a ``PlayoutBuffer`` (``sink.playout``): the receive loop pushes what
 arrives, still encoded, and the sink's own clock pulls one 20 ms frame per tick. A sound
-device's clock is its PortAudio callback (devices.DeviceSink); the headless sinks here run a
+device's clock is its PortAudio callback (playback.DeviceSink); the headless sinks here run a
 greenlet paced to the wall clock, so that a node without a speaker buffers, conceals and
 catches up exactly like one with a speaker (and the latency benchmark measures the same path).
 
@@ -27,8 +27,8 @@ from typing import Any, BinaryIO, Protocol
 import gevent
 import numpy as np
 
-from service.audio.frames import FRAME_MS, SAMPLE_RATE
 from service.audio.playout import PlayoutBuffer
+from service.frames import FRAME_MS, SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,11 @@ class Sink(Protocol):
     def failed(self) -> str | None: ...
 
     @property
+    def device_underflows(self) -> int:
+        """Times the sound device ran dry below the playout buffer (0 without a device)."""
+        ...
+
+    @property
     def stats(self) -> dict: ...
 
 
@@ -60,6 +65,7 @@ class PlayoutSink:
         self.on_failed: Callable[[str], None] | None = None
         self._failed: str | None = None
         self._reported = False
+        self.device_underflows = 0  # a device sink counts them; headless ones have none
 
     @property
     def failed(self) -> str | None:

@@ -13,7 +13,7 @@ from typing import Protocol
 import gevent
 import numpy as np
 
-from service.audio.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE, Frame, silence, to_int16
+from service.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE, Frame, silence, to_int16
 
 
 class DeviceLost(RuntimeError):
@@ -34,6 +34,11 @@ class Source(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    @property
+    def overruns(self) -> int:
+        """Captured frames lost before the call read them (a device's overflows)."""
+        ...
 
     @property
     def stats(self) -> dict: ...
@@ -74,6 +79,10 @@ class PacedSource:
 
     def close(self) -> None:
         self._closed = True
+
+    @property
+    def overruns(self) -> int:
+        return 0  # a paced source makes its frames when they are read
 
     @property
     def stats(self) -> dict:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
@@ -64,12 +65,13 @@ def open_source(spec: str | int, media_dir: Path | None = None) -> Source:
             return ToneSource(hz)
         if spec.startswith("file:"):
             return FileSource(_read_media(media_dir, spec[5:]))
-    from service.audio import devices
+    from service.audio.capture import DeviceSource
+    from service.audio.devices import DeviceError
 
     try:
-        source = devices.DeviceSource(_device(spec, "input"))
+        source = DeviceSource(_device(spec, "input"))
         source.probe()
-    except devices.DeviceError as exc:
+    except DeviceError as exc:
         raise AudioSpecError(str(exc)) from None
     return source
 
@@ -94,12 +96,13 @@ def open_sink(
             log.warning("refused file output %s: %s", _shown(raw), exc)
             raise AudioSpecError(OUTPUT_REFUSED) from None
         return WavFileSink(file, raw, playout)
-    from service.audio import devices
+    from service.audio.devices import DeviceError
+    from service.audio.playback import DeviceSink
 
     try:
-        sink = devices.DeviceSink(_device(spec, "output"), playout)
+        sink = DeviceSink(_device(spec, "output"), playout)
         sink.probe()
-    except devices.DeviceError as exc:
+    except DeviceError as exc:
         raise AudioSpecError(str(exc)) from None
     return sink
 
@@ -122,7 +125,7 @@ def _shown(raw: str) -> str:
     return repr(raw) if len(raw) <= 300 else f"{raw[:300]!r}... ({len(raw)} characters)"
 
 
-def _device(spec: str | int, kind: str):
+def _device(spec: str | int, kind: Literal["input", "output"]) -> Any:
     from service.audio import devices
 
     if spec == "default":

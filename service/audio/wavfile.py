@@ -23,7 +23,7 @@ from typing import BinaryIO
 import numpy as np
 import soxr
 
-from service.audio.frames import SAMPLE_RATE
+from service.frames import SAMPLE_RATE
 
 # Longer than any real path (Linux's PATH_MAX), and a bound on the openat() calls one
 # request can cost: a megabyte of "a/a/a/..." must not walk half a million directories.

@@ -14,19 +14,53 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from enum import StrEnum
 
 from gevent.queue import Full, Queue
+
+from service.vocab import CallState, Segment, Speaker
 
 log = logging.getLogger(__name__)
 
 LISTENER_QUEUE = 256  # events one listener may be behind before it is cut off
 
 
+class EventKind(StrEnum):
+    STATE = "state"
+    PARTIAL = "partial"
+    FINAL = "final"
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    state: CallState
+    end_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """An open utterance's text so far: live only, never stored."""
+
+    speaker: Speaker
+    utterance: int
+    text: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True, slots=True)
+class Final:
+    """A stored segment; ``utterance`` ties it to its partials (live only: not stored)."""
+
+    segment: Segment
+    id: int  # its row id, which is also the live feed's event id
+    utterance: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
-    kind: str  # "state" | "partial" | "final"
-    data: dict[str, Any]
+    kind: EventKind
+    data: StateChange | Partial | Final
     id: int | None = None  # the stored segment id, for finals only
 
 
@@ -72,9 +106,14 @@ class EventBus:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
-    def publish(self, kind: str, data: dict[str, Any], event_id: int | None = None) -> None:
+    def publish(self, data: StateChange | Partial | Final) -> None:
         """Never blocks: a listener whose queue is full is cut off instead."""
-        event = Event(kind, data, event_id)
+        if isinstance(data, Final):
+            event = Event(EventKind.FINAL, data, data.id)
+        else:
+            event = Event(
+                EventKind.STATE if isinstance(data, StateChange) else EventKind.PARTIAL, data
+            )
         for listener in list(self._listeners):
             if listener.queue.qsize() >= self._max_queued:
                 self._cut_off(listener)

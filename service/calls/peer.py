@@ -24,7 +24,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from service.audio.frames import FRAME_MS
+from service.frames import FRAME_MS
 from service.ratelimit import TokenBucket
 
 FRAMES_PER_S = 1000 / FRAME_MS

@@ -4,24 +4,25 @@ and finding them again."""
 from __future__ import annotations
 
 import logging
+import ssl
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from dataclasses import replace
 
 import gevent
 from gevent import socket as gsocket
 from sqlalchemy.exc import SQLAlchemyError
-from whisper.tokenizer import LANGUAGES
 
-from service.audio.specs import open_sink, open_source
-from service.calls.peer import NODE_SEGMENT_BURST, NODE_SEGMENTS_PER_S
-from service.calls.session import CallOptions, CallSession, new_token
-from service.ratelimit import TokenBucket
-from service.transport.link import format_address, parse_address
-
-if TYPE_CHECKING:
-    from service.node import Node
+from service.asr.engine import AsrRequestError, check_language
+from service.audio.specs import AudioSpecError, open_sink, open_source
+from service.calls.context import CallContext
+from service.calls.options import CallOptions, new_token
+from service.calls.session import CallSession
+from service.transport.addresses import format_address, parse_address
+from service.transport.listener import Listener
+from service.transport.tls import server_context
+from service.vocab import Mode
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +38,15 @@ class CallError(Exception):
 
 
 class Registry:
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, ctx: CallContext) -> None:
+        # Calls report their end to the registry, which forgets them.
+        self.ctx = replace(ctx, on_end=self.forget)
         self._live: dict[str, CallSession] = {}
         # Calls being created right now: a dial resolves its peer (which yields), so two
         # requests could otherwise both pass the limit check and both be admitted.
         self._admitting = 0
         self.refused_too_many = 0
-        # Segments peers send, across every call of the node (see calls/peer.py).
-        self.remote_segments = TokenBucket(NODE_SEGMENTS_PER_S, NODE_SEGMENT_BURST)
+        self._tls: ssl.SSLContext | None = None  # made once, for every listening call
 
     @contextmanager
     def _slot(self) -> Iterator[None]:
@@ -54,7 +55,7 @@ class Registry:
         Every call costs a socket, two greenlets, an audio source and sink and a share of
         the one ASR worker, so past the limit a new call would degrade the ones already
         up; it is refused before anything is opened or stored."""
-        most = self.node.settings.max_calls
+        most = self.ctx.settings.max_calls
         if len(self._live) + self._admitting >= most:
             self.refused_too_many += 1
             log.warning("refused a new call: %d calls is this node's limit", most)
@@ -78,42 +79,22 @@ class Registry:
     def forget(self, session: CallSession) -> None:
         self._live.pop(session.id, None)
 
-    def _session(self, mode: str, options: CallOptions, token: str) -> CallSession:
-        from service.audio.specs import AudioSpecError
-
-        engine = self.node.engine
-        if options.language is not None and options.language not in LANGUAGES:
-            raise CallError(
-                422,
-                "unsupported_language",
-                f"unknown language {options.language!r}: use an ISO 639-1 code Whisper knows",
-            )
-        if (
-            options.transcribe
-            and options.language not in (None, "en")
-            and engine is not None
-            and not engine.multilingual
-        ):
-            raise CallError(
-                422,
-                "unsupported_language",
-                f"model {self.node.settings.model} is English-only; "
-                f"language {options.language!r} needs a multilingual model (IM_MODEL=base)",
-            )
-        if options.task == "translate" and engine is not None and not engine.multilingual:
-            raise CallError(
-                422,
-                "unsupported_task",
-                f"model {self.node.settings.model} is English-only and cannot translate; "
-                "use a multilingual model (IM_MODEL=base)",
-            )
+    def _session(self, mode: Mode, options: CallOptions, token: str) -> CallSession:
+        engine = self.ctx.engine
         try:
-            media = self.node.settings.media_dir
+            if engine is not None:
+                engine.check(options.language, options.task, transcribe=options.transcribe)
+            else:
+                check_language(options.language)
+        except AsrRequestError as exc:
+            raise CallError(422, exc.code, exc.message) from None
+        try:
+            media = self.ctx.settings.media_dir
             source = open_source(options.input, media_dir=media)
             sink = open_sink(options.output, media_dir=media)
         except AudioSpecError as exc:
             raise CallError(422, "unusable_device", str(exc)) from None
-        return CallSession(self.node, uuid.uuid4().hex, mode, options, source, sink, token)
+        return CallSession(self.ctx, uuid.uuid4().hex, mode, options, source, sink, token)
 
     def listen(self, port: int | None, options: CallOptions) -> CallSession:
         with self._slot():
@@ -123,18 +104,25 @@ class Registry:
         with self._slot():
             return self._dial(peer, token, options)
 
+    def _listener_tls(self) -> ssl.SSLContext | None:
+        settings = self.ctx.settings
+        if self._tls is None and settings.tls_cert is not None and settings.tls_key is not None:
+            self._tls = server_context(str(settings.tls_cert), str(settings.tls_key))
+        return self._tls
+
     def _listen(self, port: int | None, options: CallOptions) -> CallSession:
-        settings = self.node.settings
+        settings = self.ctx.settings
         port = settings.call_port if port is None else port
-        session = self._session("listen", options, new_token())
-        family = gsocket.AF_INET6 if ":" in settings.call_host else gsocket.AF_INET
-        listener = gsocket.socket(family, gsocket.SOCK_STREAM)
-        listener.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_REUSEADDR, 1)
+        session = self._session(Mode.LISTEN, options, new_token())
         try:
-            listener.bind((settings.call_host, port))
-            listener.listen(8)
+            listener = Listener(
+                settings.call_host,
+                port,
+                hello_timeout_s=settings.hello_timeout_s,
+                tls=self._listener_tls(),
+                **session.listener_callbacks(),
+            )
         except OSError as exc:
-            listener.close()
             session.source.close()
             session.sink.close()
             raise CallError(
@@ -142,8 +130,7 @@ class Registry:
                 "unusable_address",
                 f"cannot listen on {format_address(settings.call_host, port)}: {exc.strerror}",
             ) from None
-        bound = listener.getsockname()[1]
-        address = format_address(settings.advertise_host, bound)
+        address = format_address(settings.advertise_host, listener.port)
         try:
             self._record(session, local_address=address)
         except CallError:
@@ -163,7 +150,7 @@ class Registry:
             raise CallError(
                 422, "unusable_address", f"cannot resolve peer host {host!r}: {exc}"
             ) from None
-        session = self._session("dial", options, token)
+        session = self._session(Mode.DIAL, options, token)
         self._record(session, peer_address=format_address(host, port))
         session.dial(host, port, format_address(host, port))
         return session
@@ -171,34 +158,31 @@ class Registry:
     def _record(self, session: CallSession, **fields: str) -> None:
         o = session.options
         try:
-            self._add_call(session, o, fields)
+            self.ctx.store.add_call(
+                id=session.id,
+                mode=session.mode,
+                state=session.state,
+                input=str(o.input),
+                output=None if o.output is None else str(o.output),
+                language=o.language,
+                transcribe=o.transcribe,
+                task=o.task,
+                frames_sent=0,
+                frames_received=0,
+                bytes_sent=0,
+                bytes_received=0,
+                **fields,
+            )
         except SQLAlchemyError as exc:
             session.source.close()
             session.sink.close()
             raise CallError(
                 503,
                 "storage_unavailable",
-                f"cannot store the call: {self.node.store.write_error or exc}",
+                f"cannot store the call: {self.ctx.store.write_error or exc}",
             ) from None
         self._live[session.id] = session
         log.info("call %s created (%s)", session.id, session.mode)
-
-    def _add_call(self, session: CallSession, o: CallOptions, fields: dict[str, str]) -> None:
-        self.node.store.add_call(
-            id=session.id,
-            mode=session.mode,
-            state=session.state,
-            input=str(o.input),
-            output=None if o.output is None else str(o.output),
-            language=o.language,
-            transcribe=o.transcribe,
-            task=o.task,
-            frames_sent=0,
-            frames_received=0,
-            bytes_sent=0,
-            bytes_received=0,
-            **fields,
-        )
 
     def shutdown(self) -> None:
         """End every call at once: each waits up to its drain timeout for its last

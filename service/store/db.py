@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,13 +25,15 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .models import Call, Segment
+from service.vocab import Segment
+
+from .models import Call, SegmentRow
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
 log = logging.getLogger(__name__)
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"  # shipped inside the package
 
 
 def utcnow() -> datetime:
@@ -42,7 +43,7 @@ def utcnow() -> datetime:
 # Backends the models and migrations are written and tested for, with the driver each uses.
 DRIVERS = {"sqlite": "pysqlite", "postgresql": "psycopg"}
 # "INSERT ... ON CONFLICT DO NOTHING" exists in both, spelled by each dialect's own insert().
-_INSERT = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}
+_INSERT: dict[str, Any] = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}
 
 
 def parse_url(url: str | URL) -> URL:
@@ -107,20 +108,6 @@ def upgrade(url: str | URL, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
 
 
-@dataclass(frozen=True)
-class SegmentIn:
-    speaker: str
-    number: int
-    start_s: float
-    end_s: float
-    text: str
-    language: str | None = None
-    avg_logprob: float | None = None
-    no_speech_prob: float | None = None
-    compression_ratio: float | None = None
-    task: str | None = None  # transcribe | translate; None when the peer did not say
-
-
 class Store:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -176,19 +163,35 @@ class Store:
             stmt = select(Call).order_by(Call.created_at.desc(), Call.id.desc()).limit(limit)
             return list(s.scalars(stmt))
 
-    def add_segment(self, call_id: str, seg: SegmentIn) -> Segment | None:
-        """Commit one final segment. Returns None when that (speaker, number) is already
-        stored, so a segment delivered twice is stored once.
+    def add_segment(self, call_id: str, segment: Segment) -> int | None:
+        """Commit one final segment (numbered, with its speaker); its row id, or None when
+        that (speaker, number) is already stored, so a segment delivered twice is stored
+        once.
 
         One statement decides, in the database, under its unique constraint: two nodes or
         greenlets racing with the same segment cannot both store it, and a duplicate is not
         an error (PostgreSQL would otherwise log every one and abort the transaction).
         """
+        if segment.speaker is None or segment.number is None:
+            raise ValueError("a segment is given its speaker and number before it is stored")
         stmt = (
-            self._insert(Segment)
-            .values(call_id=call_id, created_at=utcnow(), **seg.__dict__)
+            self._insert(SegmentRow)
+            .values(
+                call_id=call_id,
+                created_at=utcnow(),
+                speaker=segment.speaker,
+                number=segment.number,
+                start_s=segment.start,
+                end_s=segment.end,
+                text=segment.text,
+                language=segment.language,
+                task=segment.task,
+                avg_logprob=segment.avg_logprob,
+                no_speech_prob=segment.no_speech_prob,
+                compression_ratio=segment.compression_ratio,
+            )
             .on_conflict_do_nothing(index_elements=["call_id", "speaker", "number"])
-            .returning(Segment)
+            .returning(SegmentRow.id)
         )
         with self.writing() as s:
             return s.scalar(stmt)
@@ -200,21 +203,21 @@ class Store:
             return counts
         with self.session() as s:
             stmt = (
-                select(Segment.call_id, Segment.speaker, func.count())
-                .where(Segment.call_id.in_(call_ids))
-                .group_by(Segment.call_id, Segment.speaker)
+                select(SegmentRow.call_id, SegmentRow.speaker, func.count())
+                .where(SegmentRow.call_id.in_(call_ids))
+                .group_by(SegmentRow.call_id, SegmentRow.speaker)
             )
             for call_id, speaker, n in s.execute(stmt):
                 counts[call_id][speaker] = n
         return counts
 
-    def segments(self, call_id: str, after_id: int | None = None) -> list[Segment]:
+    def segments(self, call_id: str, after_id: int | None = None) -> list[SegmentRow]:
         """Both speakers in time order; ties keep arrival order."""
         with self.session() as s:
-            stmt = select(Segment).where(Segment.call_id == call_id)
+            stmt = select(SegmentRow).where(SegmentRow.call_id == call_id)
             if after_id is not None:
-                stmt = stmt.where(Segment.id > after_id)
-            stmt = stmt.order_by(Segment.start_s, Segment.id)
+                stmt = stmt.where(SegmentRow.id > after_id)
+            stmt = stmt.order_by(SegmentRow.start_s, SegmentRow.id)
             return list(s.scalars(stmt))
 
     def mark_unfinished_calls(self, state: str, reason: str) -> int:

@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SPEAKERS = ("local", "remote")
+from service.vocab import Segment, Speaker, Task
 
 
 class UTCDateTime(TypeDecorator):
@@ -79,12 +79,15 @@ class Call(Base):
     rejected_connections: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     segments_refused: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
-    segments: Mapped[list[Segment]] = relationship(
-        back_populates="call", cascade="all, delete-orphan", order_by="Segment.id"
+    segments: Mapped[list[SegmentRow]] = relationship(
+        back_populates="call", cascade="all, delete-orphan", order_by="SegmentRow.id"
     )
 
 
-class Segment(Base):
+class SegmentRow(Base):
+    """A stored ``vocab.Segment`` (``to_segment`` gives it back), with its row id (the
+    order of arrival, and the polling cursor) and when it was committed."""
+
     __tablename__ = "segments"
     __table_args__ = (
         UniqueConstraint("call_id", "speaker", "number", name="uq_segment_number"),
@@ -112,3 +115,17 @@ class Segment(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
     call: Mapped[Call] = relationship(back_populates="segments")
+
+    def to_segment(self) -> Segment:
+        return Segment(
+            start=self.start_s,
+            end=self.end_s,
+            text=self.text,
+            language=self.language,
+            task=Task(self.task) if self.task else None,
+            avg_logprob=self.avg_logprob,
+            no_speech_prob=self.no_speech_prob,
+            compression_ratio=self.compression_ratio,
+            speaker=Speaker(self.speaker),
+            number=self.number,
+        )

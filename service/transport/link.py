@@ -5,14 +5,13 @@ serialised by a lock because audio, transcripts, keepalives and the bye come fro
 greenlets and a message must never be interleaved with another on the stream.
 
 Keepalive lives here, below the session: ``recv`` answers pings and consumes pongs itself,
-so the round-trip time is measured for every link without the call logic knowing.
+so the round-trip time is measured for every link without the call logic knowing. Addresses
+are parsed in addresses.py and TLS contexts and handshakes are in tls.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import ipaddress
 import itertools
 import logging
 import socket
@@ -27,6 +26,7 @@ from gevent import ssl as gssl
 from gevent.lock import RLock
 
 from service.ratelimit import TokenBucket
+from service.transport.addresses import format_address
 from service.transport.protocol import (
     Audio,
     Decoder,
@@ -36,6 +36,7 @@ from service.transport.protocol import (
     ProtocolError,
     encode,
 )
+from service.transport.tls import tls_handshake
 
 log = logging.getLogger(__name__)
 RECV_CHUNK = 8192
@@ -93,38 +94,6 @@ class LinkStats:
         }
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[IPv6]:PORT`` to a (host, port) pair; ValueError if malformed.
-
-    Strict on purpose: ``str.isdigit`` and ``int`` take any script's digits, and a NUL or
-    a control character in a host name would reach the resolver and the logs."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not (port.isascii() and port.isdigit() and len(port) <= 5):
-        raise ValueError(f"peer must look like HOST:PORT, got {text!r}")
-    if not host.isprintable() or any(c.isspace() for c in host):
-        raise ValueError(f"peer host must be a host name or IP address, got {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(
-                f"[...] in a peer address must hold an IPv6 address, got {text!r}"
-            ) from None
-    elif ":" in host:
-        raise ValueError(f"write IPv6 peers as [ADDR]:PORT, got {text!r}")
-    elif any(c in "[]/@" for c in host):
-        raise ValueError(f"peer host must be a host name or IP address, got {text!r}")
-    value = int(port)
-    if not 1 <= value <= 65535:
-        raise ValueError(f"port must be 1-65535, got {value}")
-    return host, value
-
-
-def format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 # A peer that stops reading must cost bounded memory and end the call, not stall it: the
 # kernel may hold at most twice SEND_BUFFER bytes for it (Linux doubles SO_SNDBUF: ~4 s of
 # PCM16, ~40 s of Opus, instead of the up-to-4 MiB that autotuning allows), and a send
@@ -139,57 +108,6 @@ def tune(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-
-
-# -- TLS ----------------------------------------------------------------------------------
-# gevent's ssl module, named explicitly, so that TLS is cooperative whether or not the
-# process is monkey-patched (the node is; the in-process tests are not). Contexts are
-# built once per file set: the files were already checked by load_settings.
-
-
-@functools.lru_cache(maxsize=4)
-def server_context(cert: str, key: str) -> ssl.SSLContext:
-    ctx = gssl.SSLContext(gssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert, key)
-    return ctx
-
-
-@functools.lru_cache(maxsize=4)
-def client_context(ca: str | None) -> ssl.SSLContext:
-    """Verifies the listener's certificate and host name against ``ca``; with no CA,
-    verifies nothing (IM_TLS_INSECURE: encryption against eavesdroppers only, for tests)."""
-    ctx = gssl.SSLContext(gssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if ca is None:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    else:
-        ctx.load_verify_locations(ca)
-    return ctx
-
-
-def _tls_handshake(sock: socket.socket, timeout: float, peer_role: str) -> None:
-    """Complete the handshake within ``timeout`` or raise TlsError saying why; closes
-    ``sock`` on failure."""
-    sock.settimeout(max(timeout, 0.001))
-    try:
-        sock.do_handshake()  # type: ignore[attr-defined]
-    except ssl.SSLCertVerificationError as exc:
-        sock.close()
-        raise TlsError(f"TLS certificate rejected: {exc.verify_message or exc}") from None
-    except (OSError, ValueError) as exc:
-        sock.close()
-        why = str(exc) or type(exc).__name__
-        if "timed out" not in why:
-            why += f" (is the {peer_role} using TLS?)"
-        raise TlsError(f"TLS handshake failed: {why}") from None
-    sock.settimeout(None)
-
-
-class TlsError(ConnectionError):
-    """The TLS handshake failed: a plain-TCP peer, a certificate that does not verify, or
-    a peer that did not finish in time. The message says which."""
 
 
 def connect(
@@ -214,20 +132,9 @@ def connect(
         except BaseException:
             sock.close()
             raise
-        _tls_handshake(sock, timeout if tls_timeout is None else tls_timeout, "listener")
+        tls_handshake(sock, timeout if tls_timeout is None else tls_timeout, "listener")
     sock.settimeout(None)
     return Link(sock, format_address(host, port), opened_at)
-
-
-def accept_tls(sock: socket.socket, tls: ssl.SSLContext, timeout: float) -> socket.socket:
-    """Server side of the TLS handshake on an accepted connection (closed on failure)."""
-    try:
-        wrapped = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-    except BaseException:
-        sock.close()
-        raise
-    _tls_handshake(wrapped, timeout, "caller")
-    return wrapped
 
 
 class Link:

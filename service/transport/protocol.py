@@ -1,7 +1,7 @@
 """The call wire protocol: typed, length-prefixed messages over one TCP stream.
 
 Pure functions over bytes, no sockets, so every rule here is testable in isolation and
-the parser can be fuzzed.
+the parser can be fuzzed. The messages themselves are in messages.py (re-exported here).
 
 Framing: ``u8 type | u32 big-endian body length | body``. The length is checked against a
 hard cap *before* any body byte is buffered, so a hostile peer cannot make us allocate more
@@ -28,8 +28,52 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-PROTOCOL_NAME = "intellimeet-call"
-PROTOCOL_VERSION = 2
+from service.transport.messages import (
+    PROTOCOL_NAME,
+    PROTOCOL_VERSION,
+    Audio,
+    Auth,
+    Bye,
+    Codec,
+    Hello,
+    Message,
+    Ping,
+    Pong,
+    Transcript,
+    choose_codec,
+)
+
+__all__ = [
+    "AUDIO_HEADER",
+    "HEADER",
+    "KEEPALIVE",
+    "MAX_BODY",
+    "MAX_REASON",
+    "MAX_TEXT",
+    "NONCE_HEX",
+    "OPUS_MAX_PACKET",
+    "PCM16_FRAME_BYTES",
+    "PROOF_HEX",
+    "PROTOCOL_NAME",
+    "PROTOCOL_VERSION",
+    "Audio",
+    "Auth",
+    "Bye",
+    "Codec",
+    "Decoder",
+    "Hello",
+    "Message",
+    "MessageType",
+    "Ping",
+    "Pong",
+    "ProtocolError",
+    "Transcript",
+    "choose_codec",
+    "decode",
+    "encode",
+    "hello_body",
+]
+
 HEADER = struct.Struct(">BI")
 MAX_BODY = 16 * 1024  # a 20 ms PCM16 frame is 652 bytes; a transcript a few hundred
 AUDIO_HEADER = struct.Struct(">BIQ")  # codec, sequence number, capture time (µs since epoch)
@@ -40,8 +84,6 @@ OPUS_MAX_PACKET = 1275  # RFC 6716 §3.2.1: the largest Opus packet for one fram
 NONCE_HEX = 64  # 32 random bytes, hex
 PROOF_HEX = 64  # an HMAC-SHA256, hex
 KEEPALIVE = struct.Struct(">IQ")  # ping id, sender's clock (µs) echoed back in the pong
-# Codecs in order of preference: the first one both sides list is used.
-CODEC_PREFERENCE = ("opus", "pcm16")
 
 
 class ProtocolError(ValueError):
@@ -58,89 +100,7 @@ class MessageType(IntEnum):
     PONG = 7
 
 
-class Codec(IntEnum):
-    PCM16 = 0
-    OPUS = 1
-
-
-CODEC_NAMES = {Codec.PCM16: "pcm16", Codec.OPUS: "opus"}
 _TLS_RECORD_HANDSHAKE = 0x16  # first byte of a TLS ClientHello
-
-
-@dataclass(frozen=True, slots=True)
-class Hello:
-    """First message each way: what this node is and can do, plus a fresh nonce that makes
-    the handshake's proofs unique to this connection. Carries no secret.
-
-    ``raw`` is the body exactly as it came off the wire (empty for a hello made locally),
-    because the proofs hash what was sent, not a re-encoding of it."""
-
-    transcribes: bool
-    codecs: tuple[str, ...] = ("pcm16",)
-    node: str = ""
-    nonce: str = ""
-    version: int = PROTOCOL_VERSION
-    raw: bytes = field(default=b"", compare=False, repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class Auth:
-    """Proof of the call token, bound to this connection's hellos (hex HMAC-SHA256)."""
-
-    proof: str
-
-
-@dataclass(frozen=True, slots=True)
-class Ping:
-    id: int
-    sent_us: int
-
-
-@dataclass(frozen=True, slots=True)
-class Pong:
-    """Echo of a ping's id and time, so the pinger measures the round trip on its clock."""
-
-    id: int
-    sent_us: int
-
-
-@dataclass(frozen=True, slots=True)
-class Audio:
-    seq: int
-    capture_time_us: int
-    payload: bytes
-    codec: Codec = Codec.PCM16
-
-
-@dataclass(frozen=True, slots=True)
-class Transcript:
-    """A final segment the sender transcribed from its own microphone."""
-
-    no: int  # the sender's running segment number, unique per call and speaker
-    start: float
-    end: float
-    text: str
-    language: str | None = None
-    avg_logprob: float | None = None
-    no_speech_prob: float | None = None
-    compression_ratio: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Bye:
-    reason: str
-
-
-Message = Hello | Audio | Transcript | Bye | Auth | Ping | Pong
-
-
-def choose_codec(mine: tuple[str, ...] | list[str], theirs: tuple[str, ...] | list[str]) -> str:
-    """The codec a call uses: the most preferred one both sides list; PCM16, which every
-    node speaks, otherwise."""
-    for name in CODEC_PREFERENCE:
-        if name in mine and name in theirs:
-            return name
-    return "pcm16"
 
 
 def hello_body(hello: Hello) -> bytes:
@@ -273,7 +233,7 @@ def _decode_hello(obj: dict[str, Any], body: bytes) -> Hello:
     return Hello(
         transcribes=transcribes,
         codecs=tuple(codecs),
-        node=_str(obj, "node", 256, required=False) or "",
+        node=_opt_str(obj, "node", 256) or "",
         nonce=nonce,
         version=version,
         raw=body,
@@ -287,7 +247,7 @@ def _decode_transcript(obj: dict[str, Any]) -> Transcript:
     start, end = _num(obj, "start"), _num(obj, "end")
     if start is None or end is None or not 0 <= start <= end:
         raise ProtocolError("transcript.start and .end must be numbers with 0 <= start <= end")
-    language = _str(obj, "language", 16, required=False)
+    language = _opt_str(obj, "language", 16)
     return Transcript(
         no=no,
         start=start,
@@ -300,7 +260,14 @@ def _decode_transcript(obj: dict[str, Any]) -> Transcript:
     )
 
 
-def _str(obj: dict[str, Any], key: str, limit: int, required: bool = True) -> str | None:
+def _str(obj: dict[str, Any], key: str, limit: int) -> str:
+    """A required string field, checked."""
+    value = _opt_str(obj, key, limit, required=True)
+    assert value is not None
+    return value
+
+
+def _opt_str(obj: dict[str, Any], key: str, limit: int, required: bool = False) -> str | None:
     value = obj.get(key)
     if value is None and not required:
         return None

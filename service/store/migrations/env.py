@@ -30,7 +30,10 @@ def database_url() -> str:
     it says and migrates the database the node would use."""
     if config.config_file_name and os.environ.get("IM_DATABASE_URL"):
         return os.environ["IM_DATABASE_URL"]
-    return config.get_main_option("sqlalchemy.url")
+    url = config.get_main_option("sqlalchemy.url")
+    if url is None:
+        raise RuntimeError("no sqlalchemy.url: run migrations through service.store.db.upgrade")
+    return url
 
 
 def run_migrations_offline() -> None:

@@ -1,20 +1,41 @@
-"""Handing data from native threads (PortAudio callbacks) to greenlets.
+"""Handing data between native OS threads and the gevent hub.
 
-A PortAudio callback runs on PortAudio's own OS thread. It must never block and must never
-touch gevent objects, which belong to the hub's thread. The only gevent call that is safe
-from a foreign thread is ``async_.send()``, so the callback appends to a bounded deque
-(atomic under the GIL) and pokes an async watcher; a greenlet waits on the watcher.
+Two kinds of native thread run beside the hub: PortAudio's callbacks (capture, playback)
+and the ASR worker (Whisper, which releases the GIL). Neither may block on, or even touch,
+a gevent object: those belong to the hub's thread, and under monkey-patching even
+``threading.Lock`` is one. So:
+
+- ``native_lock()`` is a real OS lock (never gevent's), for state shared with such a thread;
+  hold it for bookkeeping only, never across I/O.
+- ``start_native_thread()`` starts a real OS thread even in a monkey-patched process.
+- ``ThreadToHub`` carries items from any thread to one greenlet: the only gevent call that is
+  safe from a foreign thread is ``async_.send()``, so the producer appends to a bounded deque
+  (atomic under the GIL) and pokes an async watcher; the greenlet waits on the watcher.
+
+This module imports nothing of the node's own: audio and ASR both sit on top of it.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 import gevent
 from gevent.event import Event
+from gevent.monkey import get_original
 
 T = TypeVar("T")
+
+
+def native_lock() -> Any:
+    """A new OS lock, even after gevent's monkey-patching (which replaces ``threading``'s)."""
+    return get_original("_thread", "allocate_lock")()
+
+
+def start_native_thread(target: Callable[[], object]) -> None:
+    """Run `target` on a new OS thread, not a greenlet, even in a monkey-patched process."""
+    get_original("_thread", "start_new_thread")(target, ())
 
 
 class ThreadToHub(Generic[T]):
@@ -33,6 +54,10 @@ class ThreadToHub(Generic[T]):
         self._ready = Event()
         self._watcher.start(self._ready.set)
         self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def put_nowait(self, item: T) -> None:
         """Safe from any thread; never blocks."""
