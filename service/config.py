@@ -15,6 +15,7 @@ from pathlib import Path
 
 from service import configcheck as check
 from service.asr.catalogue import DOWNLOAD_BASE
+from service.codec_table import LABELS, OPUS_BITRATE_MAX, OPUS_BITRATE_MIN, PREFERENCE
 from service.configcheck import ConfigError
 
 __all__ = ["ENV_VARS", "ConfigError", "Settings", "load_settings"]
@@ -60,7 +61,7 @@ class Settings:
     asr_prompt_chars: int = 200
     asr_max_batch: int = 0  # 0: auto (16 on CUDA, 1 on CPU)
     max_calls: int = 32
-    codecs: tuple[str, ...] = ("opus", "pcm16")  # what this node sends and plays
+    codecs: tuple[str, ...] = tuple(c.label for c in PREFERENCE)  # what this node sends and plays
     opus_bitrate: int = 20_000
     opus_frame_ms: int = 20
 
@@ -186,7 +187,7 @@ INT_RANGES: dict[str, tuple[int, int, str | None]] = {
     "vad_aggressiveness": (0, 3, None),
     "max_calls": (1, 1000, None),
     "http_max_connections": (16, 100_000, None),
-    "opus_bitrate": (16_000, 24_000, "16000..24000"),
+    "opus_bitrate": (OPUS_BITRATE_MIN, OPUS_BITRATE_MAX, f"{OPUS_BITRATE_MIN}..{OPUS_BITRATE_MAX}"),
     "utterance_end_silence_ms": (100, 5000, None),
 }
 
@@ -243,7 +244,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         values["partial_interval_s"] = interval
     if (v := get("codecs")) is not None:
         offered = tuple(c.strip().lower() for c in v.split(",") if c.strip())
-        if not offered or any(c not in ("opus", "pcm16") for c in offered):
+        if not offered or any(c not in LABELS for c in offered):
             raise ConfigError(f"IM_CODECS must list opus and/or pcm16, got {v!r}")
         values["codecs"] = tuple(dict.fromkeys(offered))
     if (v := get("opus_frame_ms")) is not None:

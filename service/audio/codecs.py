@@ -27,6 +27,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from service.codec_table import (
+    LABELS,
+    OPUS_BITRATE_MAX,
+    OPUS_BITRATE_MIN,
+    OPUS_FRAME_MS,
+    OPUS_MAX_PACKET,
+    PCM16_FRAME_BYTES,
+    Codec,
+)
 from service.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE
 
 __all__ = [
@@ -43,14 +52,8 @@ __all__ = [
     "make_encoder",
 ]
 
-CODECS = ("pcm16", "opus")
-PCM16_FRAME_BYTES = FRAME_SAMPLES * 2
-
-OPUS_BITRATE_MIN = 16_000
-OPUS_BITRATE_MAX = 24_000
-OPUS_BITRATE_DEFAULT = 24_000
-OPUS_FRAME_MS = (10, 20)
-OPUS_MAX_PACKET = 1275  # RFC 6716 §3.4 (R2): the largest one-frame packet
+CODECS = LABELS  # the names and limits live in the one table, service/codec_table.py
+OPUS_BITRATE_DEFAULT = 24_000  # an encoder made without a bitrate (a call passes its own)
 _OPUS_BANDWIDTH_WIDEBAND = 1103
 _OPUS_OK = 0
 
@@ -62,11 +65,13 @@ class CodecError(ValueError):
 def codec_name(codec: str | Any) -> str:
     """ "pcm16"/"opus" from a name or from the wire's ``Codec`` enum (by its member name),
     so callers pass whatever they hold without a lookup table."""
+    if isinstance(codec, Codec):
+        return codec.label
     name = codec if isinstance(codec, str) else getattr(codec, "name", str(codec))
-    name = name.lower()
-    if name not in CODECS:
-        raise CodecError(f"unknown codec {codec!r}; known: {', '.join(CODECS)}")
-    return name
+    try:
+        return Codec.named(name).label
+    except ValueError as exc:
+        raise CodecError(str(exc)) from None
 
 
 class Encoder(Protocol):

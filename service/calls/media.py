@@ -25,6 +25,7 @@ from service.audio.sinks import Sink
 from service.audio.sources import DeviceLost, Source
 from service.calls.peer import PeerBudget, clean_text
 from service.calls.transcript import CallTranscript
+from service.codec_table import Codec
 from service.config import Settings
 from service.frames import FRAME_SAMPLES
 from service.ratelimit import RateLimitedLog
@@ -96,7 +97,7 @@ class Media:
     # -- our side -----------------------------------------------------------------------
 
     def _capture(self) -> None:
-        codec = p.Codec[self._encoder.name.upper()]
+        codec = Codec.named(self._encoder.name)
         seq = 0
         while not self.stopping:
             try:
@@ -165,6 +166,7 @@ class Media:
             else:
                 kind = type(message).__name__
                 self._warn.warning("stray", "call %s: unexpected %s mid-call", self._id, kind)
+                flood = self._budget.stray()
             if flood is not None:
                 log.warning("call %s: peer %s floods: %s; ending", self._id, link.peer, flood)
                 self._end("peer_flood", False)
@@ -181,7 +183,7 @@ class Media:
         """The peer's frame as PCM for our transcriber of the peer. A decoder of its own:
         the playout buffer's decoder runs on the playout clock and conceals, this one must
         see every frame in arrival order."""
-        name = message.codec.name.lower()
+        name = message.codec.label
         if self._remote_decoder is None or self._remote_decoder.name != name:
             self._remote_decoder = make_decoder(name)
         try:

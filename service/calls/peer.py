@@ -6,7 +6,8 @@ texts and its pace are whatever it chooses. Everything here turns that into boun
 - **Pace.** A peer speaks in real time: 50 audio frames a second and a few transcript
   segments a minute. ``PeerBudget`` allows that pace, plus a burst (a TCP stall delivers a
   backlog at once), in proportion to how long the call has been connected, and caps what
-  one call may store in all; a node-wide bucket caps remote segments across calls. A peer
+  one call may store in all; a node-wide bucket caps remote segments across calls; messages
+  that have no place in a connected call (a hello, an auth) are allowed a few. A peer
   past its budget has its call ended as ``peer_flood``: nothing it sends can make the node
   do or store more than a real conversation would.
 - **Times.** A segment's start and end must be finite, ordered and inside the call
@@ -61,6 +62,8 @@ SEGMENT_BURST = 50
 SEGMENTS_PER_S = 2.0  # one segment a second of speech would already be a fast talker
 TEXT_BURST_CHARS = 8_000
 TEXT_CHARS_PER_S = 60.0  # fast speech is about 25
+STRAY_BURST = 20  # messages that have no place mid-call (a hello, an auth): none from a real peer
+STRAY_PER_S = 1.0
 CALL_MAX_SEGMENTS = 50_000  # a 24-hour call at a segment every 2 s
 CALL_MAX_TEXT_CHARS = 8_000_000
 NODE_SEGMENTS_PER_S = 100.0  # remote segments across all calls, and the burst below
@@ -79,6 +82,7 @@ class PeerBudget:
     frames: int = 0
     segments: int = 0
     text_chars: int = 0
+    strays: int = 0
 
     def _elapsed(self) -> float:
         return max(0.0, self.clock() - self.connected_at)
@@ -88,6 +92,13 @@ class PeerBudget:
         self.frames += 1
         if self.frames > AUDIO_BURST_FRAMES + AUDIO_PACE * FRAMES_PER_S * self._elapsed():
             return f"audio faster than real time ({self.frames} frames)"
+        return None
+
+    def stray(self) -> str | None:
+        """Count one message that has no place in a connected call; why it floods, or None."""
+        self.strays += 1
+        if self.strays > STRAY_BURST + STRAY_PER_S * self._elapsed():
+            return f"messages that have no place mid-call ({self.strays})"
         return None
 
     def segment(self, text: str) -> str | None:

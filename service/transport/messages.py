@@ -9,22 +9,13 @@ name here, so ``protocol.Hello`` and ``messages.Hello`` are the same class.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import IntEnum
 
+from service.codec_table import PREFERENCE, Codec
 from service.vocab import Segment, Speaker
 
 PROTOCOL_NAME = "intellimeet-call"
 PROTOCOL_VERSION = 2
-# Codecs in order of preference: the first one both sides list is used.
-CODEC_PREFERENCE = ("opus", "pcm16")
-
-
-class Codec(IntEnum):
-    PCM16 = 0
-    OPUS = 1
-
-
-CODEC_NAMES = {Codec.PCM16: "pcm16", Codec.OPUS: "opus"}
+# Codecs (ids, names, preference) come from the one table: service/codec_table.py.
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +118,8 @@ Message = Hello | Audio | Transcript | Bye | Auth | Ping | Pong
 def choose_codec(mine: tuple[str, ...] | list[str], theirs: tuple[str, ...] | list[str]) -> str:
     """The codec a call uses: the most preferred one both sides list; PCM16, which every
     node speaks, otherwise."""
-    for name in CODEC_PREFERENCE:
+    for codec in PREFERENCE:
+        name = codec.label
         if name in mine and name in theirs:
             return name
     return "pcm16"

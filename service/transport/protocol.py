@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from service.codec_table import OPUS_MAX_PACKET, PCM16_FRAME_BYTES, Codec
 from service.transport.messages import (
     PROTOCOL_NAME,
     PROTOCOL_VERSION,
     Audio,
     Auth,
     Bye,
-    Codec,
     Hello,
     Message,
     Ping,
@@ -77,10 +77,8 @@ __all__ = [
 HEADER = struct.Struct(">BI")
 MAX_BODY = 16 * 1024  # a 20 ms PCM16 frame is 652 bytes; a transcript a few hundred
 AUDIO_HEADER = struct.Struct(">BIQ")  # codec, sequence number, capture time (µs since epoch)
-PCM16_FRAME_BYTES = 640  # 20 ms of 16 kHz mono 16-bit: the only PCM frame size on the wire
 MAX_TEXT = 4000  # characters of one transcript segment
 MAX_REASON = 200
-OPUS_MAX_PACKET = 1275  # RFC 6716 §3.2.1: the largest Opus packet for one frame
 NONCE_HEX = 64  # 32 random bytes, hex
 PROOF_HEX = 64  # an HMAC-SHA256, hex
 KEEPALIVE = struct.Struct(">IQ")  # ping id, sender's clock (µs) echoed back in the pong
