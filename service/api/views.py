@@ -15,7 +15,7 @@ from typing import Any
 from service.calls.events import Final, Partial, StateChange
 from service.calls.session import CallSession
 from service.store.models import Call, SegmentRow
-from service.vocab import Segment, Speaker
+from service.vocab import Segment
 
 
 def _iso(value: datetime | float | None) -> str | None:
@@ -195,7 +195,3 @@ def event_data(call_id: str, data: StateChange | Partial | Final) -> dict[str, A
     if isinstance(data, Final):
         return final(call_id, data)
     return {"call_id": call_id, **asdict(data)}
-
-
-def speaker_label(speaker: str) -> str:
-    return {Speaker.LOCAL: "Local", Speaker.REMOTE: "Remote"}[Speaker(speaker)]

@@ -146,7 +146,7 @@ class CallTranscript:
         try:
             row_id = self._ctx.store.add_segment(self._call_id, segment)
         except SQLAlchemyError as exc:
-            why = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
+            why = self._ctx.store.write_error or type(exc).__name__  # the store's own account
             log.error("call %s: cannot store its transcript (%s)", self._call_id, why)
             self.on_failed(f"storage_failed: {why}")
             return False
