@@ -17,6 +17,7 @@ from service.calls.registry import Registry
 from service.config import Settings
 from service.ratelimit import TokenBucket
 from service.store.db import Store
+from service.store.offhub import OffHub
 from service.vocab import CallState
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,8 @@ class Node:
     def __init__(self, settings: Settings, load_model: bool = True) -> None:
         self.settings = settings
         self.node_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
-        self.store = Store(settings.database_url)
+        self._store_threads = OffHub(Store(settings.database_url))
+        self.store = self._store_threads.store
         self.engine: AsrEngine | None = (
             AsrEngine(
                 settings.model,
@@ -75,4 +77,5 @@ class Node:
         self.registry.shutdown()
         if self.engine is not None:
             self.engine.close()
+        self._store_threads.close()
         self.store.engine.dispose()
