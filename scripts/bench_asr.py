@@ -11,6 +11,16 @@ comparison, the offline WER/CER of `whisper.transcribe` on the same clips with t
     scripts/bench_asr --model tiny.en --calls 4 8 --max-audio-s 60 [--sequential]
     scripts/bench_asr --model base --languages de es fr
     scripts/bench_asr --model tiny.en --calls 1 --compute-type int8   (against float32)
+
+A manifest with a ``condition`` column (the voices set, scripts/build_voices) is run one
+condition at a time, each with a fresh stream, and prints one line per condition: streaming
+WER, offline WER on the same clips with the same model, their ratio, p50/p95 final latency:
+
+    scripts/bench_asr --manifest /work/data/voices/manifest.tsv [--conditions clean whisper]
+        [--sample 12] [--offline-cache /work/data/voices/offline.tsv]
+
+``--silence [MINUTES]`` streams MINUTES (default 10) of each noise type alone, with nobody
+speaking, and prints the words that reached a final or a partial (each must be 0).
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import csv
 import logging
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +51,8 @@ from service.vocab import Segment, Task
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MANIFEST = ROOT.parent / "shared/data/speech"
 GAP_S = 1.0  # silence between clips, as between turns of a conversation
+SILENCE_SPEED = 20.0  # --silence feeds this much faster than real time unless --speed says
+SILENCE_BABBLE_TALKERS = 8
 
 
 @dataclass
@@ -48,6 +61,7 @@ class Clip:
     language: str
     reference: str
     pcm: np.ndarray
+    condition: str = ""  # the voices set's condition; "" for the dev set
 
 
 @dataclass
@@ -70,6 +84,7 @@ class SimCall:
     speech_end_s: dict[int, float] = field(default_factory=dict)  # utterance -> stream s
     final_at: dict[int, float] = field(default_factory=dict)  # utterance -> monotonic s
     partial_at: list[tuple[int, float]] = field(default_factory=list)  # (utterance, monotonic)
+    partial_words: int = 0
 
     def ended(self, no: int, utt: Utterance) -> None:
         self.speech_end_s[no] = utt.speech_end_s if utt.speech_end_s is not None else utt.end_s
@@ -80,15 +95,48 @@ class SimCall:
 
     def partial(self, no: int, text: str, start: float, end: float) -> None:
         self.partial_at.append((no, time.monotonic()))
+        self.partial_words += len(text.split())
 
 
-def load_clips(manifest: Path, languages: list[str], limit: int | None) -> list[Clip]:
-    with open(manifest / "manifest.tsv", encoding="utf-8", newline="") as f:
+def manifest_file(manifest: Path) -> Path:
+    """--manifest names the folder or its manifest.tsv."""
+    return manifest if manifest.suffix == ".tsv" else manifest / "manifest.tsv"
+
+
+def load_clips(
+    manifest: Path,
+    languages: list[str],
+    limit: int | None,
+    conditions: list[str] | None = None,
+    sample: int | None = None,
+    max_clip_s: float | None = None,
+) -> list[Clip]:
+    """The manifest's clips in `languages` (and `conditions`, if it has them); `sample`
+    keeps that many per condition, spread evenly over its list."""
+    path = manifest_file(manifest)
+    with open(path, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    rows = [r for r in rows if r["language"] in languages]
+    if conditions:
+        rows = [r for r in rows if r.get("condition", "") in conditions]
+    if max_clip_s:
+        rows = [r for r in rows if float(r["duration_s"]) <= max_clip_s]
+    if sample:
+        kept = []
+        for cond in dict.fromkeys(r.get("condition", "") for r in rows):
+            mine = [r for r in rows if r.get("condition", "") == cond]
+            at = np.unique(np.linspace(0, len(mine) - 1, min(sample, len(mine))).round())
+            kept += [mine[int(i)] for i in at]
+        rows = kept
     clips = [
-        Clip(r["file"], r["language"], r["reference_text"], read_wav(manifest / r["file"]))
+        Clip(
+            r["file"],
+            r["language"],
+            r["reference_text"],
+            read_wav(path.parent / r["file"]),
+            r.get("condition", ""),
+        )
         for r in rows
-        if r["language"] in languages
     ]
     return clips[:limit] if limit else clips
 
@@ -129,15 +177,21 @@ def play(call: SimCall, speed: float, t0: float) -> None:
         at = round(p.start_s * SAMPLE_RATE)
         pcm[at : at + p.clip.pcm.size] = p.clip.pcm
     call.started = t0
+    feed(call.stream, pcm, speed, t0)
+
+
+def feed(stream: StreamTranscriber, pcm: np.ndarray, speed: float, t0: float | None = None) -> None:
+    """Push `pcm` frame by frame at `speed` times real time from `t0`, then flush."""
+    t0 = time.monotonic() if t0 is None else t0
     step = FRAME_SAMPLES / SAMPLE_RATE / speed
     for i in range(pcm.size // FRAME_SAMPLES):
-        call.stream.push(pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES])
+        stream.push(pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES])
         delay = t0 + (i + 1) * step - time.monotonic()
         if delay > 0:
             gevent.sleep(delay)
         elif i % 50 == 0:
             gevent.sleep(0)  # behind schedule: still let results and other calls run
-    call.stream.flush()
+    stream.flush()
 
 
 def layout(clips: list[Clip], offset: int, max_audio_s: float | None) -> list[Placed]:
@@ -181,7 +235,8 @@ def run(
     gevent.joinall([gevent.spawn(play, c, args.speed, t0) for c in calls])
     for c in calls:
         assert c.stream is not None
-        c.stream.idle.wait(120)
+        # A loaded CPU can fall far behind; a final still owed would count as words lost.
+        c.stream.idle.wait(120 + 2 * sum(p.end_s - p.start_s for p in c.placed))
     wall = time.monotonic() - started
     busy = engine.stats["busy_s"]
 
@@ -230,18 +285,161 @@ def run(
     }
 
 
-def offline(engine: AsrEngine, clips: list[Clip], language: str | None) -> tuple[float, float]:
+class OfflineCache:
+    """Offline hypotheses by (model, file), kept in a TSV between runs: they do not change
+    when the live path does, and they cost as much as the streaming run itself."""
+
+    def __init__(self, path: Path | None, model: str) -> None:
+        self.path, self.model = path, model
+        self.texts: dict[tuple[str, str], str] = {}
+        if path is not None and path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                m, file, text = [*line.split("\t"), "", ""][:3]
+                self.texts[(m, file)] = text
+
+    @staticmethod
+    def key(clip: Clip) -> str:
+        """The file and a checksum of its samples: a rebuilt clip is decoded again."""
+        return f"{clip.file}#{zlib.crc32(clip.pcm.tobytes()):08x}"
+
+    def get(self, file: str) -> str | None:
+        return self.texts.get((self.model, file))
+
+    def put(self, file: str, text: str) -> None:
+        text = " ".join(text.split())
+        self.texts[(self.model, file)] = text
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(f"{self.model}\t{file}\t{text}\n")
+
+
+def offline(
+    engine: AsrEngine, clips: list[Clip], language: str | None, cache: OfflineCache | None = None
+) -> tuple[float, float]:
     import whisper
 
     pairs = []
     for clip in clips:
-        audio = clip.pcm.astype(np.float32) / 32768.0
-        lang = "en" if not engine.multilingual else language
-        result = whisper.transcribe(
-            engine.model, audio, language=lang, fp16=engine.fp16, verbose=None
-        )
-        pairs.append((clip.language, clip.reference, result["text"]))
+        text = cache.get(cache.key(clip)) if cache else None
+        if text is None:
+            audio = clip.pcm.astype(np.float32) / 32768.0
+            lang = "en" if not engine.multilingual else language
+            result = whisper.transcribe(
+                engine.model, audio, language=lang, fp16=engine.fp16, verbose=None
+            )
+            text = result["text"]
+            if cache:
+                cache.put(cache.key(clip), text)
+        pairs.append((clip.language, clip.reference, text))
     return scores(pairs)
+
+
+def by_condition(
+    engine: AsrEngine,
+    args: argparse.Namespace,
+    clips: list[Clip],
+    config: SegmenterConfig,
+    cache: OfflineCache,
+) -> None:
+    """One line per condition of the voices set: each condition streamed on its own."""
+    n = args.calls[0]
+    print(
+        f"{'condition':<12} {'clips':>5} {'audio_s':>7} {'stream':>7} {'offline':>7} "
+        f"{'ratio':>5} {'p50_s':>6} {'p95_s':>6} {'finals':>6}"
+    )
+    totals: list[tuple[float, float]] = []
+    for cond in dict.fromkeys(c.condition for c in clips):
+        mine = [c for c in clips if c.condition == cond]
+        r = run(engine, args, mine, n, config)
+        streamed = [c for c in mine if c.file in r["used"]]
+        off = (
+            float("nan") if args.no_offline else offline(engine, streamed, args.language, cache)[0]
+        )
+        ratio = r["wer"] / off if off > 0 else (1.0 if r["wer"] == 0 else float("inf"))
+        totals.append((r["wer"], off))
+        print(
+            f"{cond:<12} {len(streamed):>5} {r['audio_s']:>7.0f} {r['wer']:>7.1%} {off:>7.1%} "
+            f"{ratio:>5.2f} {r['lat_p50']:>6.2f} {r['lat_p95']:>6.2f} {r['finals']:>6}"
+            + (f"   drops {r['drops']}" if r["drops"] else ""),
+            flush=True,
+        )
+        if args.show:
+            for language, ref, hyp in r["pairs"]:
+                print(f"    [{language}] REF {ref}\n         HYP {hyp}")
+    worst = max((s / o for s, o in totals if o == o and o > 0), default=float("nan"))
+    print(
+        f"stream/offline: WER of the streaming path over offline whisper.transcribe; worst "
+        f"ratio {worst:.2f}; p50/p95: end of speech -> final committed (s), "
+        f"fed at x{args.speed:g}"
+    )
+
+
+def noise_types(rng: np.random.Generator, n: int, voices: list[np.ndarray]) -> dict[str, Any]:
+    """Makers of each --silence noise, `n` samples long (made one at a time: 10 minutes of
+    float64 is 77 MB)."""
+    from build_voices import at_level, babble, brown, hum, line_noise, white
+
+    def chatter() -> np.ndarray:
+        return at_level(babble(rng, voices, n, SILENCE_BABBLE_TALKERS), -45.0)
+
+    return {
+        "silence": lambda: np.zeros(n),
+        "white_-60dB": lambda: white(rng, n, -60.0),
+        "white_-40dB": lambda: white(rng, n, -40.0),
+        "white_-20dB": lambda: white(rng, n, -20.0),
+        "brown_-30dB": lambda: brown(rng, n, -30.0),
+        "hum50_-30dB": lambda: hum(rng, n, -30.0),
+        f"babble{SILENCE_BABBLE_TALKERS}_-45dB": chatter,
+        "line_noise": lambda: line_noise(rng, n),
+    }
+
+
+def silence(engine: AsrEngine, args: argparse.Namespace, config: SegmenterConfig) -> int:
+    """Stream each noise alone through a call's path; every word that comes out is wrong."""
+    from build_voices import SEED, load_sources
+
+    n = int(args.silence * 60 * SAMPLE_RATE)
+    voices = [s.pcm for s in load_sources(manifest_file(args.manifest).parent, ["en"])]
+    voices = [v for v in voices if v.size < 30 * SAMPLE_RATE]
+    speed = args.speed if args.speed > 1 else SILENCE_SPEED
+    print(f"{'noise':<16} {'min':>4} {'utts':>5} {'decodes':>7} {'dropped':>7} {'words':>5}")
+    total = 0
+    for name, make in noise_types(np.random.default_rng(SEED), n, voices).items():
+        if args.noises and name not in args.noises:
+            make()  # still drawn: each noise is the same whichever are run
+            continue
+        pcm = np.clip(np.round(make()), -32768, 32767).astype(np.int16)
+        call = SimCall(0, [])
+        call.stream = StreamTranscriber(
+            engine,
+            config,
+            on_final=call.final,
+            on_partial=call.partial,
+            language=args.language,
+            task=Task.TRANSCRIBE,
+            partial_interval_s=args.partial_interval_s,
+            label=f"noise {name}",
+            prompt_chars=args.prompt_chars,
+            on_utterance=call.ended,
+        )
+        engine.reset_stats()
+        feed(call.stream, pcm, speed)
+        call.stream.idle.wait(300)
+        stats = engine.stats
+        words = call.partial_words + sum(len(f.text.split()) for f in call.finals)
+        total += words
+        print(
+            f"{name:<16} {args.silence:>4g} {len(call.speech_end_s):>5} "
+            f"{int(stats['finals'] + stats['partials']):>7} "
+            f"{call.stream.finals_dropped:>7} {words:>5}",
+            flush=True,
+        )
+    print(
+        f"utts: utterances the segmenter opened (went to the model as finals); decodes: finals "
+        f"and partials decoded; dropped: finals the filters rejected; words: in finals and "
+        f"partials (must be 0). Fed at x{speed:g}. Total words: {total}"
+    )
+    return 1 if total else 0
 
 
 def main() -> int:
@@ -280,11 +478,29 @@ def main() -> int:
     )
     ap.add_argument("--no-offline", action="store_true", help="skip the offline comparison")
     ap.add_argument("--show", action="store_true", help="print each clip's hypothesis")
+    ap.add_argument("--conditions", nargs="+", default=None, help="voices set: only these")
+    ap.add_argument("--sample", type=int, default=None, help="voices set: N clips per condition")
+    ap.add_argument("--max-clip-s", type=float, default=None, help="skip longer clips")
+    ap.add_argument(
+        "--offline-cache", type=Path, default=None, help="TSV keeping offline hypotheses"
+    )
+    ap.add_argument(
+        "--silence",
+        type=float,
+        nargs="?",
+        const=10.0,
+        default=None,
+        metavar="MINUTES",
+        help="stream MINUTES (default 10) of each noise alone; print the words (must be 0)",
+    )
+    ap.add_argument("--noises", nargs="+", default=None, help="--silence: only these noises")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    clips = load_clips(args.manifest, args.languages, args.limit)
-    if not clips:
+    clips = load_clips(
+        args.manifest, args.languages, args.limit, args.conditions, args.sample, args.max_clip_s
+    )
+    if not clips and args.silence is None:
         ap.error(f"no clips in {args.languages} under {args.manifest}")
     engine = AsrEngine(
         args.model,
@@ -305,6 +521,14 @@ def main() -> int:
         f"prompt {args.prompt_chars} chars"
     )
     config = SegmenterConfig(vad=args.vad, end_silence_ms=args.end_silence_ms)
+    if args.silence is not None:
+        rc = silence(engine, args, config)
+        engine.close()
+        return rc
+    if any(c.condition for c in clips):
+        by_condition(engine, args, clips, config, OfflineCache(args.offline_cache, args.model))
+        engine.close()
+        return 0
     head = (
         f"{'N':>3} {'audio_s':>7} {'finals':>6} {'p50_s':>6} {'p95_s':>6} {'max_s':>6} "
         f"{'partials':>8} {'cad_s':>5} {'RTF':>5} {'util':>5} {'batch':>5} {'xRT':>5} "
@@ -332,7 +556,8 @@ def main() -> int:
     )
     if not args.no_offline:
         streamed = [c for c in clips if c.file in used]
-        wer, cer = offline(engine, streamed, args.language)
+        cache = OfflineCache(args.offline_cache, args.model)
+        wer, cer = offline(engine, streamed, args.language, cache)
         print(
             f"offline whisper.transcribe, same model, the {len(streamed)} clips streamed: "
             f"WER {wer:.1%}  CER {cer:.1%}"

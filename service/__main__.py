@@ -50,6 +50,7 @@ def main() -> int:
         log=None,
         error_log=log,
     )
+    app.extensions["intellimeet.http_server"] = server  # its counters, for GET /metrics
     try:
         server.start()
     except OSError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 from service import configcheck as check
 from service.asr.catalogue import DOWNLOAD_BASE
 from service.codec_table import LABELS, OPUS_BITRATE_MAX, OPUS_BITRATE_MIN, PREFERENCE
-from service.configcheck import ConfigError
+from service.configcheck import ConfigError, WebhookEndpoint
 
 __all__ = ["ENV_VARS", "ConfigError", "Settings", "load_settings"]
 
@@ -37,7 +38,10 @@ class Settings:
     http_idle_timeout_s: float = 10.0
     data_dir: Path = Path("data")
     database_url: str = ""  # derived from data_dir when empty
+    node_id: str = ""  # derived from the host name when empty (node_id_from_host)
     model: str = "tiny.en"
+    final_model: str = ""  # the post-call pass's model; empty: the live model
+    postcall: bool = True  # a post-call pass for every call that ends
     model_dir: Path = Path()  # derived from data_dir when empty
     media_dir: Path = Path()  # derived from data_dir when empty; resolved once, at load
     device: str = "auto"
@@ -60,10 +64,30 @@ class Settings:
     partial_interval_s: float = 1.0
     asr_prompt_chars: int = 200
     asr_max_batch: int = 0  # 0: auto (16 on CUDA, 1 on CPU)
+    asr_admit_wait_s: float = 2.0  # admission (asr/headroom.py): median final queue wait
+    asr_admit_busy: float = 0.8  # admission: share of the worker's time finals may take
     max_calls: int = 32
     codecs: tuple[str, ...] = tuple(c.label for c in PREFERENCE)  # what this node sends and plays
     opus_bitrate: int = 20_000
     opus_frame_ms: int = 20
+    record: bool = True  # record both sides of every call (a call's `record` overrides)
+    recordings_dir: Path = Path()  # derived from data_dir when empty (service/recordings/)
+    recording_retention_days: int = 0  # 0: keep recordings until deleted
+    hangup_drain_s: float = 30.0  # longest a hang-up waits for both sides' last finals
+    # Webhooks (service/webhooks/): one endpoint from URL and secret, more from IM_WEBHOOKS;
+    # every endpoint at once is `webhook_endpoints`.
+    webhook_url: str = ""
+    webhook_secret: str = field(default="", repr=False)
+    webhooks: tuple[WebhookEndpoint, ...] = field(default=(), repr=False)
+    webhook_max_pending: int = 10_000
+    webhook_retry_max_s: float = 300.0
+    metrics_token: str = field(default="", repr=False)  # GET /metrics only; never logged
+
+    @property
+    def webhook_endpoints(self) -> tuple[WebhookEndpoint, ...]:
+        return check.webhook_endpoints(
+            self.webhook_url or None, self.webhook_secret or None, self.webhooks
+        )
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -103,10 +127,24 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "IM_DATABASE_URL",
         "SQLAlchemy URL of the transcript store (default: SQLite file in the data directory).",
     ),
+    "node_id": (
+        "IM_NODE_ID",
+        "This node's name on its calls, stable across restarts: nodes sharing a database "
+        "need distinct ones (1-64 of `A-Za-z0-9._-`).",
+    ),
     "model": (
         "IM_MODEL",
         "Whisper model: an official name (`tiny.en` ... `large-v3-turbo`), a .pt checkpoint, "
         "or a CTranslate2 or Hugging Face Whisper folder.",
+    ),
+    "final_model": (
+        "IM_FINAL_MODEL",
+        "Model of the post-call pass over each ended call's recording (any IM_MODEL value; "
+        "default: the live model).",
+    ),
+    "postcall": (
+        "IM_POSTCALL",
+        "Set to 0 to run no post-call pass when a call ends (POST .../revisions still does).",
     ),
     "model_dir": (
         "IM_MODEL_DIR",
@@ -163,6 +201,16 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "IM_ASR_PROMPT_CHARS",
         "Characters of a speaker's committed transcript given to Whisper as context; 0: none.",
     ),
+    "asr_admit_wait_s": (
+        "IM_ASR_ADMIT_WAIT_S",
+        "New transcribing calls get 503 asr_saturated while finals' median queue wait over "
+        "the last 20 s is above this (seconds).",
+    ),
+    "asr_admit_busy": (
+        "IM_ASR_ADMIT_BUSY",
+        "... or while finals kept the ASR worker busier than this share of the last 20 s "
+        "(0.05..1; 1: only the wait counts).",
+    ),
     "asr_max_batch": (
         "IM_ASR_MAX_BATCH",
         "Most utterances (of all calls) decoded in one batch; 0: 16 on CUDA, 1 on CPU.",
@@ -177,6 +225,47 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     ),
     "opus_bitrate": ("IM_OPUS_BITRATE", "Opus bitrate in bit/s, 16000 to 24000."),
     "opus_frame_ms": ("IM_OPUS_FRAME_MS", "Opus frame length: 20 (default) or 10 ms."),
+    "record": (
+        "IM_RECORD",
+        "Set to 0 to record no call by default (a call's `record` field overrides it).",
+    ),
+    "recordings_dir": (
+        "IM_RECORDINGS_DIR",
+        "Where call recordings (Ogg Opus, both sides) are kept (default: DATA/recordings).",
+    ),
+    "recording_retention_days": (
+        "IM_RECORDING_RETENTION_DAYS",
+        "Days a call's recording is kept before it is deleted; 0: until deleted by hand.",
+    ),
+    "hangup_drain_s": (
+        "IM_HANGUP_DRAIN_S",
+        "Longest a hang-up waits for both sides' last transcripts before closing, in seconds.",
+    ),
+    "webhook_url": (
+        "IM_WEBHOOK_URL",
+        "URL every event is POSTed to, signed (Standard Webhooks); with IM_WEBHOOK_SECRET.",
+    ),
+    "webhook_secret": (
+        "IM_WEBHOOK_SECRET",
+        "Signing secret of IM_WEBHOOK_URL: `whsec_` and the base64 of 24 to 64 random bytes.",
+    ),
+    "webhooks": (
+        "IM_WEBHOOKS",
+        'More endpoints: a JSON list of `{"name", "url", "secret"}`, or the path of a file '
+        "holding one.",
+    ),
+    "webhook_max_pending": (
+        "IM_WEBHOOK_MAX_PENDING",
+        "Most undelivered events kept per endpoint; past it the oldest are dropped (counted).",
+    ),
+    "webhook_retry_max_s": (
+        "IM_WEBHOOK_RETRY_MAX_S",
+        "Longest wait between two tries of one event (backoff from 1 s, doubling, jittered).",
+    ),
+    "metrics_token": (
+        "IM_METRICS_TOKEN",
+        "Bearer token for GET /metrics alone (a scraper need not hold IM_API_TOKEN).",
+    ),
 }
 
 
@@ -189,6 +278,8 @@ INT_RANGES: dict[str, tuple[int, int, str | None]] = {
     "http_max_connections": (16, 100_000, None),
     "opus_bitrate": (OPUS_BITRATE_MIN, OPUS_BITRATE_MAX, f"{OPUS_BITRATE_MIN}..{OPUS_BITRATE_MAX}"),
     "utterance_end_silence_ms": (100, 5000, None),
+    "recording_retention_days": (0, 36_500, "0 (keep) or 1..36500"),
+    "webhook_max_pending": (100, 10_000_000, None),
 }
 
 
@@ -213,7 +304,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     for key in ("api_port", "call_port"):
         if (v := get(key)) is not None:
             values[key] = check.port(ENV_VARS[key][0], v)
-    for key in ("hello_timeout_s", "connect_timeout_s", "max_utterance_s"):
+    if (v := get("asr_admit_busy")) is not None:
+        busy = check.positive_number("IM_ASR_ADMIT_BUSY", v)
+        if not 0.05 <= busy <= 1:
+            raise ConfigError(f"IM_ASR_ADMIT_BUSY must be 0.05..1, got {v!r}")
+        values["asr_admit_busy"] = busy
+    for key in (
+        "hello_timeout_s",
+        "connect_timeout_s",
+        "max_utterance_s",
+        "hangup_drain_s",
+        "asr_admit_wait_s",
+    ):
         if (v := get(key)) is not None:
             values[key] = check.positive_number(ENV_VARS[key][0], v)
     for key, (lo, hi, expected) in INT_RANGES.items():
@@ -251,10 +353,28 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         if v not in ("10", "20"):
             raise ConfigError(f"IM_OPUS_FRAME_MS must be 10 or 20, got {v!r}")
         values["opus_frame_ms"] = int(v)
+    for key in ("webhook_url", "webhook_secret"):  # checked as a pair, below
+        if (v := get(key)) is not None:
+            values[key] = v
+    if (v := get("webhooks")) is not None:
+        values["webhooks"] = check.webhooks(v)
+    if (v := get("webhook_retry_max_s")) is not None:
+        most = check.positive_number("IM_WEBHOOK_RETRY_MAX_S", v)
+        if not 1 <= most <= 86_400:
+            raise ConfigError(f"IM_WEBHOOK_RETRY_MAX_S must be 1..86400, got {v!r}")
+        values["webhook_retry_max_s"] = most
+    if (v := get("metrics_token")) is not None:
+        if len(v) < 16:
+            raise ConfigError("IM_METRICS_TOKEN must be at least 16 characters")
+        values["metrics_token"] = v
     if (v := get("api_token")) is not None:
         if len(v) < 16:
             raise ConfigError("IM_API_TOKEN must be at least 16 characters")
         values["api_token"] = v
+    if (v := get("record")) is not None:
+        if v.lower() not in ("1", "true", "yes", "0", "false", "no"):
+            raise ConfigError(f"IM_RECORD must be 1 or 0, got {v!r}")
+        values["record"] = v.lower() in ("1", "true", "yes")
     if (v := get("allow_unauthenticated_api")) is not None:
         if v.lower() not in ("1", "true", "yes", "0", "false", "no"):
             raise ConfigError(f"IM_ALLOW_UNAUTHENTICATED_API must be 1 or 0, got {v!r}")
@@ -269,6 +389,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         values["device"] = v
     if (v := get("model")) is not None:
         values["model"] = check.model(v)
+    if (v := get("final_model")) is not None:
+        values["final_model"] = check.model(v)
+    if (v := get("postcall")) is not None:
+        if v.lower() not in ("1", "true", "yes", "0", "false", "no"):
+            raise ConfigError(f"IM_POSTCALL must be 1 or 0, got {v!r}")
+        values["postcall"] = v.lower() in ("1", "true", "yes")
     if (v := get("compute_type")) is not None:
         if v not in COMPUTE_TYPES:
             raise ConfigError(
@@ -284,19 +410,29 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     values["data_dir"] = data_dir
     values["model_dir"] = Path(get("model_dir") or data_dir / "models").expanduser().resolve()
     values["media_dir"] = Path(get("media_dir") or data_dir / "media").expanduser().resolve()
+    values["recordings_dir"] = (
+        Path(get("recordings_dir") or data_dir / "recordings").expanduser().resolve()
+    )
     url = get("database_url") or f"sqlite:///{data_dir / 'intellimeet.db'}"
     if "://" not in url:
         raise ConfigError(f"IM_DATABASE_URL must be an SQLAlchemy URL, got {url!r}")
-    for key in ("data_dir", "model_dir"):
+    for key in ("data_dir", "model_dir", "recordings_dir"):
         path = Path(str(values[key]))
         if path.exists() and not path.is_dir():
             raise ConfigError(f"{ENV_VARS[key][0]} must be a directory, but {path} is a file")
     check.database_url(url)
     values["database_url"] = url
+    if (v := get("node_id")) is not None:
+        if not NODE_ID.fullmatch(v):
+            raise ConfigError(f"IM_NODE_ID must be 1-64 of A-Z, a-z, 0-9, '.', '_', '-', got {v!r}")
+        values["node_id"] = v
+    else:
+        values["node_id"] = node_id_from_host()
 
     values.update(check.tls(get, lambda key: ENV_VARS[key][0]))
 
     settings = Settings(**values)  # type: ignore[arg-type]
+    settings.webhook_endpoints  # noqa: B018  # checks the pair and the names now, at start
     if (
         not settings.api_token
         and not settings.allow_unauthenticated_api
@@ -310,6 +446,19 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if not settings.advertise_host:
         settings = _with_advertise_host(settings)
     return settings
+
+
+NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def node_id_from_host() -> str:
+    """The default IM_NODE_ID: the host name, cut to what an id may hold. Stable while the
+    host keeps its name; a container's name changes with the container, so a fleet of
+    containers sets IM_NODE_ID."""
+    import socket
+
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64].strip("-")
+    return name or "node"
 
 
 def _with_advertise_host(settings: Settings) -> Settings:

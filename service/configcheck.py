@@ -9,10 +9,15 @@ time. Nothing here knows the table or ``Settings``: callers pass the variable's 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
+import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from service.asr.catalogue import NAMES
 
@@ -187,3 +192,121 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+# -- webhooks (service/webhooks/) --------------------------------------------------------
+
+WEBHOOK_SECRET_PREFIX = "whsec_"  # the Standard Webhooks spelling of a signing secret
+_ENDPOINT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+DEFAULT_ENDPOINT = "default"  # the name of the IM_WEBHOOK_URL endpoint
+
+
+@dataclass(frozen=True)
+class WebhookEndpoint:
+    """Where events go and the secret they are signed with. ``name`` keys the endpoint's
+    rows in the outbox (so it must stay the same across restarts) and labels its metrics
+    (never the URL, which may carry a credential in its query)."""
+
+    name: str
+    url: str
+    secret: str = field(repr=False)  # "whsec_" + base64 of 24..64 random bytes
+
+    @property
+    def key(self) -> bytes:
+        return base64.b64decode(self.secret[len(WEBHOOK_SECRET_PREFIX) :])
+
+
+def webhook_url(name: str, raw: str) -> str:
+    """An http(s) URL with a host: the node POSTs to it and follows no redirect."""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name} must be an http:// or https:// URL with a host, got {raw!r}")
+    return raw
+
+
+def webhook_secret(name: str, raw: str) -> str:
+    """A Standard Webhooks secret: ``whsec_`` and the base64 of 24 to 64 random bytes. The
+    message never shows the value (it is a credential)."""
+    if not raw.startswith(WEBHOOK_SECRET_PREFIX):
+        raise ConfigError(
+            f"{name} must be a Standard Webhooks secret, 'whsec_' followed by base64 "
+            '(e.g. python3 -c "import base64, secrets; '
+            "print('whsec_' + base64.b64encode(secrets.token_bytes(32)).decode())\")"
+        )
+    try:
+        key = base64.b64decode(raw[len(WEBHOOK_SECRET_PREFIX) :], validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{name}: the part after 'whsec_' is not valid base64") from None
+    if not 24 <= len(key) <= 64:
+        raise ConfigError(f"{name} must hold 24 to 64 bytes of key, it holds {len(key)}")
+    return raw
+
+
+def webhooks(raw: str) -> tuple[WebhookEndpoint, ...]:
+    """``IM_WEBHOOKS``: a JSON list of ``{"name", "url", "secret"}`` objects, given inline
+    (the value starts with ``[``) or as the path of a file holding it (which keeps the
+    secrets out of the environment)."""
+    var = "IM_WEBHOOKS"
+    text = raw
+    if not raw.lstrip().startswith("["):
+        path = Path(raw).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"{var} must be a JSON list or the path of a file holding one; cannot read "
+                f"{raw!r}: {exc}"
+            ) from None
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{var} is not valid JSON: {exc}") from None
+    if not isinstance(items, list):
+        raise ConfigError(f'{var} must be a JSON list of {{"name", "url", "secret"}} objects')
+    endpoints: list[WebhookEndpoint] = []
+    for i, item in enumerate(items):
+        where = f"{var}[{i}]"
+        if not isinstance(item, dict) or set(item) != {"name", "url", "secret"}:
+            raise ConfigError(f'{where} must be an object with exactly "name", "url", "secret"')
+        if not all(isinstance(v, str) for v in item.values()):
+            raise ConfigError(f"{where}: name, url and secret must be strings")
+        if not _ENDPOINT_NAME.fullmatch(item["name"]):
+            raise ConfigError(
+                f"{where}.name must be 1-32 of a-z, 0-9, '_', '-' (starting with a letter "
+                f"or digit), got {item['name']!r}"
+            )
+        endpoints.append(
+            WebhookEndpoint(
+                item["name"],
+                webhook_url(f"{where}.url", item["url"]),
+                webhook_secret(f"{where}.secret", item["secret"]),
+            )
+        )
+    return tuple(endpoints)
+
+
+def webhook_endpoints(
+    url: str | None, secret: str | None, listed: tuple[WebhookEndpoint, ...]
+) -> tuple[WebhookEndpoint, ...]:
+    """Every endpoint: IM_WEBHOOK_URL (named ``default``) and those of IM_WEBHOOKS, each
+    name once."""
+    if (url is None) != (secret is None):
+        raise ConfigError("IM_WEBHOOK_URL and IM_WEBHOOK_SECRET go together: set both or neither")
+    endpoints = list(listed)
+    if url is not None and secret is not None:
+        endpoints.insert(
+            0,
+            WebhookEndpoint(
+                DEFAULT_ENDPOINT,
+                webhook_url("IM_WEBHOOK_URL", url),
+                webhook_secret("IM_WEBHOOK_SECRET", secret),
+            ),
+        )
+    names = [e.name for e in endpoints]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(
+            f"webhook endpoint names must differ, {', '.join(twice)} is used twice "
+            f"('{DEFAULT_ENDPOINT}' is IM_WEBHOOK_URL's)"
+        )
+    return tuple(endpoints)

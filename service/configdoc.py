@@ -31,9 +31,13 @@ DERIVED_DEFAULTS: dict[str, str] = {
     "database_url": "sqlite:///DATA/intellimeet.db",
     "model_dir": "DATA/models",
     "media_dir": "DATA/media",
+    "recordings_dir": "DATA/recordings",
 }
 # Derived defaults that are not a value one could write down (they depend on the machine).
-DESCRIBED_DEFAULTS: dict[str, str] = {"advertise_host": "this host's outward address"}
+DESCRIBED_DEFAULTS: dict[str, str] = {
+    "advertise_host": "this host's outward address",
+    "node_id": "this host's name",
+}
 
 
 def default_value(name: str) -> str | None:

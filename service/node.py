@@ -4,21 +4,28 @@ CallContext (service/calls/context.py), never the node itself."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import socket
-import uuid
+from datetime import UTC, datetime
+
+import gevent
 
 from service.asr.engine import AsrEngine
+from service.asr.longform import LongFormTranscriber
 from service.asr.segmenter import SegmenterConfig
 from service.asr.vad import make_vad
 from service.calls.context import CallContext
 from service.calls.peer import NODE_SEGMENT_BURST, NODE_SEGMENTS_PER_S
+from service.calls.postcall import PostCall
 from service.calls.registry import Registry
-from service.config import Settings
+from service.config import Settings, node_id_from_host
+from service.metrics import NodeMetrics
 from service.ratelimit import TokenBucket
+from service.recordings.retention import keep_sweeping
 from service.store.db import Store
 from service.store.offhub import OffHub
 from service.vocab import CallState
+from service.webhooks.worker import Deliverer
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +33,25 @@ log = logging.getLogger(__name__)
 class Node:
     def __init__(self, settings: Settings, load_model: bool = True) -> None:
         self.settings = settings
-        self.node_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
-        self._store_threads = OffHub(Store(settings.database_url))
-        self.store = self._store_threads.store
+        # Stable across restarts (IM_NODE_ID): it names this node's calls in a database
+        # that a fleet shares, and which open calls a restart closes.
+        self.node_id = settings.node_id or node_id_from_host()
+        # Queries run on OS threads: a commit's disk flush must not stall the hub.
+        self._store_threads = OffHub(Store(settings.database_url, node_id=self.node_id))
+        self.store = self._store_threads.proxy
+        self._retention: gevent.Greenlet | None = None  # IM_RECORDING_RETENTION_DAYS
+        self.metrics = NodeMetrics()  # this node's own registry (GET /metrics)
+        endpoints = settings.webhook_endpoints
+        self.webhooks: Deliverer | None = (
+            Deliverer(
+                OffHub(self.store.outbox, self._store_threads.pool).proxy,
+                endpoints,
+                settings.webhook_max_pending,
+                settings.webhook_retry_max_s,
+            )
+            if endpoints
+            else None
+        )
         self.engine: AsrEngine | None = (
             AsrEngine(
                 settings.model,
@@ -37,6 +60,8 @@ class Node:
                 settings.asr_max_batch,
                 compute_type=settings.compute_type,
                 download_base=settings.model_download_base,
+                admit_wait_s=settings.asr_admit_wait_s,
+                admit_busy=settings.asr_admit_busy,
             )
             if load_model
             else None
@@ -46,6 +71,23 @@ class Node:
             aggressiveness=settings.vad_aggressiveness,
             end_silence_ms=settings.utterance_end_silence_ms,
             max_utterance_s=settings.max_utterance_s,
+        )
+        live = self.engine
+        # The post-call pass (calls/postcall.py): its own model, loaded at its first pass,
+        # and it gives way whenever the live engine has anything queued or decoding.
+        self.postcall = PostCall(
+            settings,
+            self.store,
+            LongFormTranscriber(
+                settings.final_model or settings.model,
+                settings.model_dir,
+                settings.device,
+                settings.compute_type,
+                settings.model_download_base,
+                busy=lambda: live is not None and live.pending > 0,
+                make_vad=lambda: make_vad(settings.vad, settings.vad_aggressiveness),
+            ),
+            automatic=settings.postcall,
         )
         self.registry = Registry(
             CallContext(
@@ -57,6 +99,7 @@ class Node:
                 # Segments peers send, across every call of the node (calls/peer.py).
                 remote_segments=TokenBucket(NODE_SEGMENTS_PER_S, NODE_SEGMENT_BURST),
                 on_end=lambda session: None,  # the registry puts its own in
+                after_call=self.postcall.call_ended,
             )
         )
 
@@ -64,18 +107,45 @@ class Node:
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         settings.media_dir.mkdir(parents=True, exist_ok=True)
+        settings.recordings_dir.mkdir(parents=True, exist_ok=True)
         self.store.upgrade()
+        if self.webhooks is not None:  # before anything writes an event (just below)
+            self.webhooks.start()
+        # Only this node's (IM_NODE_ID): the other nodes of a shared database keep theirs.
         stale = self.store.mark_unfinished_calls(CallState.INTERRUPTED, "node_restarted")
         if stale:
-            log.warning("marked %d call(s) left open by a previous run as interrupted", stale)
+            log.warning(
+                "marked %d call(s) left open by a previous run of node %s as interrupted",
+                stale,
+                self.node_id,
+            )
         # A missing VAD model should stop the node now, not fail the first call.
         make_vad(settings.vad, settings.vad_aggressiveness)
         if self.engine is not None:
             self.engine.load()
+        if settings.recording_retention_days > 0:
+            self._retention = gevent.spawn(
+                keep_sweeping,
+                settings.recordings_dir,
+                settings.recording_retention_days,
+                lambda: [s.id for s in self.registry.live()],
+                self._recording_expired,
+            )
+        # After the calls a kill left open are closed: they get their passes now.
+        self.postcall.start()
+
+    def _recording_expired(self, call_id: str) -> None:
+        with contextlib.suppress(KeyError):  # a folder whose call row is gone
+            self.store.update_call(call_id, recording_deleted_at=datetime.now(UTC))
 
     def close(self) -> None:
+        if self._retention is not None:
+            self._retention.kill(block=False)
         self.registry.shutdown()
+        self.postcall.close()  # a pass cut short here is resumed at the next start
         if self.engine is not None:
             self.engine.close()
+        if self.webhooks is not None:  # what is undelivered waits in the outbox
+            self.webhooks.close()
         self._store_threads.close()
         self.store.engine.dispose()

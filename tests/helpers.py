@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import gevent
+import numpy as np
 import pytest
 
 if TYPE_CHECKING:
@@ -107,6 +108,16 @@ def reference(speech_dir: Path, file: str) -> str:
     raise KeyError(f"{file} is not in {speech_dir / 'manifest.tsv'}")
 
 
+def scaled_to(pcm: np.ndarray, dbfs: float) -> np.ndarray:
+    """`pcm` at `dbfs` RMS over its active 20 ms frames (within 40 dB of the loudest), as
+    scripts/build_voices measures a level: a quiet talker built from a dev clip."""
+    x = pcm.astype(np.float64)
+    frames = x[: x.size // 320 * 320].reshape(-1, 320)
+    power = np.mean(frames**2, axis=1)
+    active = np.sqrt(np.mean(power[power >= power.max() * 1e-4]))
+    return np.round(x * 32768 * 10 ** (dbfs / 20) / active).astype(np.int16)
+
+
 def unavailable(require_var: str, message: str) -> NoReturn:
     """A dependency the tests need is missing: skip, or fail where `require_var` is 1 (CI,
     where these tests must run and never skip quietly)."""
@@ -144,6 +155,24 @@ def start_node(data_dir: Path, **env: str) -> Node:
     node = Node(load_settings({"IM_DATA_DIR": str(data_dir), **LOOPBACK, **env}), load_model=False)
     node.start()
     return node
+
+
+def store_call(store: Any, call_id: str, **fields: Any) -> None:
+    """A call row as the registry writes one (zero counters; ``fields`` override), for
+    tests that fill a store directly."""
+    store.add_call(
+        **{
+            "id": call_id,
+            "mode": "listen",
+            "state": "listening",
+            "transcribe": True,
+            "frames_sent": 0,
+            "frames_received": 0,
+            "bytes_sent": 0,
+            "bytes_received": 0,
+            **fields,
+        }
+    )
 
 
 class NodeFactory:
@@ -196,3 +225,19 @@ def node_processes(
             stack.callback(node.kill if kill else node.stop)
             started.append(node.start())
         yield started
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """A /metrics answer through prometheus_client's own parser, as ``name{k=v,...}`` (labels
+    sorted, no quotes) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}"] = s.value
+    return out

@@ -71,3 +71,24 @@ def test_long_speech_is_cut_at_the_maximum_length(speech_dir):
     utts = run(Segmenter(SegmenterConfig(max_utterance_s=3.0, end_silence_ms=2000)), pcm)
     assert len(utts) >= 3
     assert all(u.end_s - u.start_s <= 3.0 + 1e-6 for u in utts)
+
+
+def test_a_cut_keeps_the_end_of_one_utterance_and_the_start_of_the_next(speech_dir):
+    """At the maximum length the next utterance starts cut_overlap_ms before the cut, so
+    a word the cut splits is heard whole in one of the two (the stream drops the words
+    they then share); the cut itself lands in a quiet stretch."""
+    pcm = read_wav(speech_dir / "en_jfk_inaugural_1961.wav")
+    config = SegmenterConfig(max_utterance_s=3.0, end_silence_ms=2000, cut_overlap_ms=400)
+    utts = run(Segmenter(config), pcm)
+    assert len(utts) >= 3
+    assert utts[0].overlap_s == 0.0
+    for before, after in itertools.pairwise(utts):
+        if after.overlap_s == 0.0:
+            assert after.start_s >= before.end_s  # a pause ended it: nothing shared
+            continue
+        assert after.overlap_s == pytest.approx(0.4)
+        assert after.start_s == pytest.approx(before.end_s - 0.4)
+        shared = round(0.4 * 16_000)
+        np.testing.assert_array_equal(before.audio[-shared:], after.audio[:shared])
+    assert any(u.overlap_s for u in utts)
+    assert all(u.end_s - u.start_s <= 3.0 + 1e-6 for u in utts)

@@ -20,7 +20,7 @@ LOCK_HELD_S = 1.0
 def test_a_commit_waiting_on_the_database_does_not_stall_the_hub(tmp_path) -> None:
     path = tmp_path / "node.db"
     threads = OffHub(Store(f"sqlite:///{path}"))
-    store = threads.store
+    store = threads.proxy
     store.upgrade()
     call_id = uuid.uuid4().hex
     store.add_call(id=call_id, mode="dial", state="connected")
@@ -47,7 +47,7 @@ def test_a_commit_waiting_on_the_database_does_not_stall_the_hub(tmp_path) -> No
 
 def test_errors_of_a_query_reach_the_caller(tmp_path) -> None:
     threads = OffHub(Store(f"sqlite:///{tmp_path / 'node.db'}"))
-    store = threads.store
+    store = threads.proxy
     store.upgrade()
     try:
         store.update_call("no-such-call", state="ended")

@@ -32,6 +32,7 @@ from service.api.errors import ApiError
 from service.api.schemas import MAX_SEGMENT_ID, ErrorBody, EventsQuery
 from service.api.spec import spec
 from service.calls.events import StateChange
+from service.store.db import PASS_OPEN
 from service.vocab import CallState
 
 if TYPE_CHECKING:
@@ -54,9 +55,12 @@ STREAM_DOC = """\
 `final` {id, speaker, utterance, number, text, start, end, language, task}, `id:` = its id;
 `partial` {speaker, utterance, text, start, end} while someone speaks (not stored, no id);
 `stats` {stats} about once a second while the call is live (the session's `stats`);
-`cut_off` {reason} when this client fell too far behind (reconnect with `Last-Event-ID`).
-A `: keepalive` comment comes when nothing else was sent for 15 s. The stream ends after
-the `state` event of an ended call."""
+`cut_off` {reason} when this client fell too far behind (reconnect with `Last-Event-ID`);
+`revision` {id, state, model, progress, segments, live_missed, error, ...} with
+`revision=true`: after the end, the call's post-call pass (its final revision), once it is
+`done` or `failed`. A `: keepalive` comment comes when nothing else was sent for 15 s. The
+stream ends after the `state` event of an ended call, or with `revision=true` after its
+`revision` event when it has a pass."""
 
 
 def sse(kind: str, data: dict[str, Any], event_id: int | None = None) -> bytes:
@@ -114,7 +118,7 @@ def events(call_id: str, query: EventsQuery):
         if listener is not None:
             listener.close()
         raise
-    feed = _feed(node, call_id, session, listener, missed, after, state, query.stats)
+    feed = _feed(node, call_id, session, listener, missed, after, state, query)
     # A bare iterator, not a Response: spectree reads a Response's body whole to validate
     # it, which would never return for a live stream; an iterator it hands on untouched.
     return Stream(feed, listener), 200, STREAM_HEADERS
@@ -152,7 +156,7 @@ def _feed(
     missed: list[SegmentRow],
     after: int,
     state: dict[str, Any],
-    stats: bool,
+    query: EventsQuery,
 ) -> Generator[bytes, None, None]:
     yield f"retry: {RETRY_MS}\n\n".encode()
     last_final = after
@@ -161,11 +165,29 @@ def _feed(
         last_final = segment.id
     yield sse("state", {"call_id": call_id, **state})
     if listener is None or session is None or state["state"] in ENDED_STATES:
+        if query.revision:
+            yield from _revision(node, call_id)
         return
     try:
-        yield from _live(node, call_id, session, listener, last_final, stats)
+        yield from _live(node, call_id, session, listener, last_final, query.stats)
     finally:
         listener.close()
+    if query.revision and not listener.cut_off:
+        yield from _revision(node, call_id)
+
+
+def _revision(node: Node, call_id: str) -> Iterator[bytes]:
+    """After an ended call's last state: its post-call pass, waited for while it is pending
+    or running (keepalives meanwhile), then one `revision` event with how it ended."""
+    while True:
+        changed = node.postcall.changed  # taken before the read: no finish slips between
+        row = node.store.latest_pass(call_id)
+        if row is None or row.state not in PASS_OPEN:
+            break
+        if not changed.wait(KEEPALIVE_S):
+            yield b": keepalive\n\n"
+    if row is not None:
+        yield sse("revision", views.postcall(row) or {})
 
 
 def _live(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from service.api.cues import Cue, split_cues
 from service.calls.peer import clean_text
 from service.store.models import SegmentRow
 
@@ -42,11 +43,26 @@ def as_text(segments: Sequence[SegmentRow]) -> str:
     )
 
 
+def _cues(segments: Sequence[SegmentRow], labelled: bool) -> list[tuple[str, Cue]]:
+    """(speaker, cue) in time order. A segment with word timings (the final revision)
+    becomes cues that follow its words (service/api/cues.py); one without, one cue.
+    ``labelled``: the first line starts with the speaker's label (SRT), so it is shorter."""
+    out: list[tuple[str, Cue]] = []
+    for s in segments:
+        label = SPEAKER_LABELS[s.speaker]
+        if s.words:
+            reserve = len(label) + 2 if labelled else 0
+            out.extend((s.speaker, cue) for cue in split_cues(s.words, reserve))
+        else:
+            out.append((s.speaker, Cue(s.start_s, s.end_s, (s.text,))))
+    return sorted(out, key=lambda pair: pair[1].start)
+
+
 def as_srt(segments: Sequence[SegmentRow]) -> str:
     blocks = [
-        f"{i}\n{_clock(s.start_s, ',')} --> {_clock(s.end_s, ',')}\n"
-        f"{SPEAKER_LABELS[s.speaker]}: {_srt_text(s.text)}\n"
-        for i, s in enumerate(segments, 1)
+        f"{i}\n{_clock(cue.start, ',')} --> {_clock(cue.end, ',')}\n"
+        f"{SPEAKER_LABELS[speaker]}: " + "\n".join(_srt_text(line) for line in cue.lines) + "\n"
+        for i, (speaker, cue) in enumerate(_cues(segments, labelled=True), 1)
     ]
     return "\n".join(blocks)
 
@@ -66,8 +82,9 @@ def _vtt_escape(text: str) -> str:
 
 def as_vtt(segments: Sequence[SegmentRow]) -> str:
     cues = [
-        f"{_clock(s.start_s, '.')} --> {_clock(s.end_s, '.')}\n"
-        f"<v {SPEAKER_LABELS[s.speaker]}>{_vtt_escape(s.text)}\n"
-        for s in segments
+        f"{_clock(cue.start, '.')} --> {_clock(cue.end, '.')}\n"
+        + "\n".join(f"<v {SPEAKER_LABELS[speaker]}>{_vtt_escape(line)}" for line in cue.lines)
+        + "\n"
+        for speaker, cue in _cues(segments, labelled=False)
     ]
     return "WEBVTT\n\n" + "\n".join(cues)

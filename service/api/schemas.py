@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+
+from service.store.search import MAX_LIMIT, MAX_OFFSET, MAX_QUERY_CHARS
 
 # What CreateSession._mode_fields enforces, stated in the schema as well, so that clients
 # (and schemathesis) know a dial needs `peer` and `token`, a listen takes neither, and an
@@ -57,9 +60,16 @@ class CreateSession(BaseModel):
     language: str | None = Field(
         None, min_length=2, max_length=16, description="spoken language (ISO 639-1); auto if unset"
     )
-    transcribe: bool = True
+    transcribe: StrictBool | Literal["after"] = Field(
+        True,
+        description="live captions; `after`: none live, the post-call pass transcribes the "
+        "recording (admitted when the node answers `503 asr_saturated` to `true`)",
+    )
     task: Literal["transcribe", "translate"] = Field(
         "transcribe", description="`translate`: transcripts in English (multilingual model only)"
+    )
+    record: bool | None = Field(
+        None, description="keep both sides' audio (GET .../recording); default IM_RECORD"
     )
 
     @model_validator(mode="after")
@@ -92,6 +102,12 @@ class TranscriptQuery(BaseModel):
         description="json only: just the segments stored after this cursor (the previous "
         "response's `next_cursor`, or an event id from the live feed)",
     )
+    revision: Literal["live", "final"] | None = Field(
+        None,
+        description="`live`: what the live pass caught during the call; `final`: the "
+        "post-call pass over the recording, with word timings (default: final once it "
+        "exists, else live)",
+    )
 
     @model_validator(mode="after")
     def _since_is_json_only(self) -> TranscriptQuery:
@@ -111,6 +127,25 @@ class EventsQuery(BaseModel):
         "header does the same and wins); default 0: every final of the call",
     )
     stats: bool = Field(True, description="send a `stats` event about once a second")
+    revision: bool = Field(
+        False,
+        description="after the call's end, stay open while its post-call pass runs and "
+        "send one `revision` event when it is done or failed",
+    )
+
+
+class RecordingQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    speaker: Literal["local", "remote", "both"] = Field(
+        "both", description="one side, or both as stereo (local left)"
+    )
+
+
+class RecordingDeleted(BaseModel):
+    call_id: str
+    deleted: bool
+    live: bool
 
 
 class ErrorDetail(BaseModel):
@@ -128,6 +163,7 @@ class SessionOut(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     id: str
+    node_id: str = Field("", description="the node holding the call (IM_NODE_ID)")
     mode: Literal["listen", "dial"]
     state: str
     address: str | None = None
@@ -136,8 +172,38 @@ class SessionOut(BaseModel):
     end_reason: str | None = None
 
 
+class NewRevision(BaseModel):
+    """`POST /sessions/<id>/transcript/revisions`: `{}` (the pass uses IM_FINAL_MODEL)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class PassOut(BaseModel):
+    """A post-call pass (`postcall` of a session): it makes the call's final revision."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: int
+    call_id: str
+    state: Literal["pending", "running", "done", "failed"]
+    model: str
+    progress: float = Field(description="share of the recording decoded so far, 0 to 1")
+
+
 class SessionList(BaseModel):
     sessions: list[SessionOut]
+
+
+# IM_NODE_ID's form (service/config.py): a `node` filter of any other form matches nothing.
+NODE_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+
+
+class SessionsQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    node: str | None = Field(
+        None, pattern=NODE_ID_PATTERN, description="only the calls of this node (IM_NODE_ID)"
+    )
 
 
 class Health(BaseModel):
@@ -160,3 +226,41 @@ class DeviceList(BaseModel):
     inputs: list[DeviceOut]
     outputs: list[DeviceOut]
     reason: str | None = None
+
+
+class SearchQuery(BaseModel):
+    """`GET /search`: the query language is in docs/api.md (service/store/search.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    q: str = Field(
+        max_length=MAX_QUERY_CHARS,
+        description='words (all must occur), "a phrase", prefix* (2 or more letters)',
+    )
+    speaker: Literal["local", "remote"] | None = None
+    since: datetime | None = Field(None, description="calls started at or after (ISO 8601)")
+    until: datetime | None = Field(None, description="calls started before (ISO 8601)")
+    call: str | None = Field(None, max_length=32, description="one call's segments only")
+    node: str | None = Field(None, pattern=NODE_ID_PATTERN, description="one node's calls only")
+    revision: str | None = Field(None, max_length=16, description="`live` (or `final`, once kept)")
+    limit: int = Field(20, ge=1, le=MAX_LIMIT)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET, description="the previous page's `next_offset`")
+
+
+class SearchHit(BaseModel):
+    segment_id: int
+    call_id: str
+    node_id: str
+    speaker: str
+    revision: str
+    start: float = Field(description="seconds into the call")
+    end: float
+    text: str
+    snippet: str = Field(description="HTML: the text escaped, matched words in <mark>")
+    score: float = Field(description="higher is better; comparable within one response")
+
+
+class SearchResult(BaseModel):
+    query: str
+    hits: list[SearchHit]
+    next_offset: int | None = Field(description="the next page's `offset`; null: no more")

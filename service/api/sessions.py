@@ -14,12 +14,14 @@ from service.api.schemas import (
     ErrorBody,
     SessionList,
     SessionOut,
+    SessionsQuery,
     TranscriptQuery,
 )
 from service.api.spec import spec
 from service.calls.options import CallOptions
 from service.calls.registry import CallError
 from service.node import Node
+from service.store.db import FINAL, LIVE
 from service.vocab import Task
 
 bp = Blueprint("sessions", __name__)
@@ -39,7 +41,9 @@ def _snapshot(call_id: str) -> dict[str, Any]:
     call = node.store.get_call(call_id)
     if call is None:
         raise ApiError(404, "not_found", f"no session {call_id}")
-    return views.stored_session(call, node.store.segment_counts([call.id])[call.id])
+    body = views.stored_session(call, node.store.segment_counts([call.id])[call.id])
+    body["postcall"] = views.postcall(node.store.latest_pass(call_id))  # its progress
+    return body
 
 
 @bp.post("/sessions")
@@ -61,8 +65,10 @@ def create_session(json: CreateSession):
         input=json.input,
         output=json.output,
         language=json.language,
-        transcribe=json.transcribe,
+        transcribe=json.transcribe is True,
+        transcribe_after=json.transcribe == "after",
         task=Task(json.task),
+        record=node.settings.record if json.record is None else json.record,
     )
     try:
         if json.mode == "listen":
@@ -82,12 +88,13 @@ def create_session(json: CreateSession):
 
 
 @bp.get("/sessions")
-@spec.validate(resp=Resp(HTTP_200=SessionList), tags=[TAG])
-def list_sessions():
-    """All calls, newest first (live ones with live counters)."""
+@spec.validate(query=SessionsQuery, resp=Resp(HTTP_200=SessionList), tags=[TAG])
+def list_sessions(query: SessionsQuery):
+    """All calls, newest first (live ones of this node with live counters): of every node
+    sharing the database, or of `node` only. Another node's live call shows as stored."""
     node = _node()
     out = []
-    calls = node.store.list_calls()
+    calls = node.store.list_calls(node=query.node)
     counts = node.store.segment_counts([c.id for c in calls if node.registry.get(c.id) is None])
     for call in calls:
         live = node.registry.get(call.id)
@@ -128,21 +135,28 @@ def end_session(call_id: str):
     tags=[TAG],
 )
 def transcript(call_id: str, query: TranscriptQuery):
-    """Both speakers in time order: `format` = json | text | srt | vtt.
+    """Both speakers in time order: `format` = json | text | srt | vtt; `revision` = live |
+    final (default: final once the post-call pass stored it, else live).
 
-    JSON: `{"call_id", "state", "segments": [{"id", "speaker", "start", "end", "text",
-    "language", "avg_logprob", "no_speech_prob", "compression_ratio", "created_at"}],
-    "next_cursor"}`. Polling: pass `since=<next_cursor>` to get only the segments stored
-    since (segment ids grow in commit order, so nothing is skipped or repeated);
-    `next_cursor` is the highest id returned, or the cursor given when there is none new.
+    JSON: `{"call_id", "state", "revision", "segments": [{"id", "speaker", "start", "end",
+    "text", "language", "avg_logprob", "no_speech_prob", "compression_ratio", "created_at",
+    "revision"}], "next_cursor"}`; a final segment also has `live_missed` (the live pass
+    never produced it) and `words` (`[{"word", "start", "end", "probability"}]`), and its
+    SRT and WebVTT cues follow the words (two lines of 42 characters, 1 to 7 s).
+    Polling: pass `since=<next_cursor>` to get only the segments stored since (segment ids
+    grow in commit order, so nothing is skipped or repeated); `next_cursor` is the highest
+    id returned, or the cursor given when there is none new.
     """
     snapshot = _snapshot(call_id)
-    segments = _node().store.segments(call_id, after_id=query.since)
+    store = _node().store
+    revision = query.revision or (FINAL if store.has_final(call_id) else LIVE)
+    segments = store.segments(call_id, after_id=query.since, revision=revision)
     if query.format == "json":
         return jsonify(
             {
                 "call_id": call_id,
                 "state": snapshot["state"],
+                "revision": revision,
                 "segments": [views.segment(s) for s in segments],
                 "next_cursor": formats.next_cursor(segments, query.since),
             }

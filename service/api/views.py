@@ -14,7 +14,7 @@ from typing import Any
 
 from service.calls.events import Final, Partial, StateChange
 from service.calls.session import CallSession
-from service.store.models import Call, SegmentRow
+from service.store.models import Call, SegmentRow, TranscriptPass
 from service.vocab import Segment
 
 
@@ -30,6 +30,7 @@ def _call_fields(**fields: Any) -> dict[str, Any]:
     """The fields every session view has, in one order."""
     keys = (
         "id",
+        "node_id",
         "mode",
         "state",
         "address",
@@ -43,6 +44,7 @@ def _call_fields(**fields: Any) -> dict[str, Any]:
         "connected_at",
         "ended_at",
         "end_reason",
+        "recording",
         "stats",
     )
     return {key: fields[key] for key in keys}
@@ -54,6 +56,7 @@ def live_session(session: CallSession) -> dict[str, Any]:
     transcript = session.transcript
     return _call_fields(
         id=session.id,
+        node_id=session.ctx.node_id,
         mode=session.mode,
         state=session.state,
         address=session.local_address,
@@ -61,12 +64,13 @@ def live_session(session: CallSession) -> dict[str, Any]:
         input=o.input,
         output=o.output,
         language=o.language,
-        transcribe=o.transcribe,
+        transcribe="after" if o.transcribe_after else o.transcribe,
         task=o.task,
         created_at=_iso(t.created),
         connected_at=_iso(t.connected),
         ended_at=_iso(t.ended),
         end_reason=session.end_reason,
+        recording=_live_recording(session),
         stats={
             **session.counters(),
             "rejected_connections": session.rejected_connections,
@@ -87,6 +91,7 @@ def stored_session(call: Call, segments: dict[str, int]) -> dict[str, Any]:
     count per speaker (one query for a whole list: Store.segment_counts)."""
     return _call_fields(
         id=call.id,
+        node_id=call.node_id,
         mode=call.mode,
         state=call.state,
         address=call.local_address,
@@ -94,12 +99,18 @@ def stored_session(call: Call, segments: dict[str, int]) -> dict[str, Any]:
         input=call.input,
         output=call.output,
         language=call.language,
-        transcribe=call.transcribe,
+        transcribe="after" if call.transcribe_after else call.transcribe,
         task=call.task,
         created_at=_iso(call.created_at),
         connected_at=_iso(call.connected_at),
         ended_at=_iso(call.ended_at),
         end_reason=call.end_reason,
+        recording={
+            "local": call.record,
+            "remote_records": call.peer_records,
+            "stopped": call.recording_stopped,
+            "deleted_at": _iso(call.recording_deleted_at),
+        },
         stats={
             "frames_sent": call.frames_sent,
             "frames_received": call.frames_received,
@@ -110,6 +121,22 @@ def stored_session(call: Call, segments: dict[str, int]) -> dict[str, Any]:
             "segments_refused": call.segments_refused,
         },
     )
+
+
+def _live_recording(session: CallSession) -> dict[str, Any]:
+    """Whether each side records (the peer's from its hello; None: it did not say), why
+    this side's recording stopped early (``disk_full``...), and its counters."""
+    recorder = session.recorder
+    hello = session.peer_hello
+    out: dict[str, Any] = {
+        "local": session.options.record,
+        "remote_records": hello.records if hello is not None else None,
+        "stopped": recorder.stopped if recorder is not None else None,
+        "deleted_at": _iso(session.recording_deleted_at),
+    }
+    if recorder is not None:
+        out["stats"] = asdict(recorder.counters)
+    return out
 
 
 def _link(session: CallSession) -> dict[str, Any] | None:
@@ -152,7 +179,9 @@ def _quality(session: CallSession) -> dict[str, Any] | None:
 
 
 def segment(row: SegmentRow) -> dict[str, Any]:
-    """A stored segment in the transcript's JSON."""
+    """A stored segment in the transcript's JSON; one of the final revision also has its
+    words and whether the live pass missed it."""
+    extra = {"live_missed": row.live_missed, "words": row.words or []}
     return {
         "id": row.id,
         "speaker": row.speaker,
@@ -165,6 +194,28 @@ def segment(row: SegmentRow) -> dict[str, Any]:
         "no_speech_prob": row.no_speech_prob,
         "compression_ratio": row.compression_ratio,
         "created_at": row.created_at.isoformat(),
+        "revision": row.revision,
+        **(extra if row.revision == "final" else {}),
+    }
+
+
+def postcall(row: TranscriptPass | None) -> dict[str, Any] | None:
+    """A post-call pass (service/calls/postcall.py), or None when the call never had one."""
+    if row is None:
+        return None
+    return {
+        "id": row.id,
+        "call_id": row.call_id,
+        "revision": row.revision,
+        "state": row.state,
+        "model": row.model,
+        "progress": row.progress,
+        "error": row.error,
+        "segments": row.segments,
+        "live_missed": row.missed,
+        "created_at": _iso(row.created_at),
+        "started_at": _iso(row.started_at),
+        "finished_at": _iso(row.finished_at),
     }
 
 

@@ -24,8 +24,10 @@ from typing import Any
 import numpy as np
 
 from service.asr import decoding
+from service.asr.headroom import BUSY_MAX, WAIT_MAX_S, Headroom, Verdict
 from service.asr.scheduler import Outcome, Request, RequestKind, Scheduler
-from service.asr.worker import Worker
+from service.asr.worker import Worker, WorkerTimings
+from service.metrics import FINAL_LATENCY_S, Buckets
 from service.vocab import Task
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,8 @@ class AsrEngine:
         sequential: bool = False,
         compute_type: str = "auto",  # IM_COMPUTE_TYPE, see service/asr/precision.py
         download_base: str | None = None,  # IM_MODEL_DOWNLOAD_BASE
+        admit_wait_s: float = WAIT_MAX_S,  # IM_ASR_ADMIT_WAIT_S, see service/asr/headroom.py
+        admit_busy: float = BUSY_MAX,  # IM_ASR_ADMIT_BUSY
     ) -> None:
         self.model_name = model_name
         self.model_dir = model_dir
@@ -89,9 +93,16 @@ class AsrEngine:
         self.model: Any = None  # a whisper.model.Whisper once loaded
         self.multilingual = False
         self._scheduler = Scheduler()
-        self._worker = Worker(self._scheduler, self.decode_batch, lambda: self.max_batch)
+        self._worker = Worker(
+            self._scheduler,
+            self.decode_batch,
+            lambda: self.max_batch,
+            Headroom(busy_max=admit_busy, wait_max_s=admit_wait_s),
+        )
         self._closed = False
         self._started_at = time.monotonic()
+        # End of speech to final committed, of every stream (observed by stream.py).
+        self.final_latency = Buckets(FINAL_LATENCY_S)
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -177,6 +188,15 @@ class AsrEngine:
         (worker) and what the policy refused or dropped (scheduler)."""
         return {**self._worker.stats.flat(), **asdict(self._scheduler.stats)}
 
+    @property
+    def timings(self) -> WorkerTimings:
+        """Queue waits, batch decode times and sizes (GET /metrics)."""
+        return self._worker.timings
+
+    def headroom(self) -> Verdict:
+        """Whether another transcribing call fits (service/asr/headroom.py)."""
+        return self._worker.headroom.verdict()
+
     def utilisation(self) -> float:
         """Share of wall time since start (or the last reset) the worker spent decoding."""
         busy = self._worker.stats.busy_s
@@ -187,6 +207,9 @@ class AsrEngine:
 
     def reset_stats(self) -> None:
         self._worker.stats.reset()
+        self._worker.timings.reset()
+        self._worker.headroom.reset()
+        self.final_latency.reset()
         self._scheduler.stats.reset()
         self._started_at = time.monotonic()
 

@@ -8,19 +8,24 @@ model at all; these checks catch what slips through, in this order (`judge`):
 2. ``no_speech``: Whisper's own rule (as in `whisper.transcribe`): the no-speech
    probability is above ``NO_SPEECH_THRESHOLD`` *and* the mean log-probability below
    ``LOGPROB_THRESHOLD`` (the text is not confidently decoded).
-3. ``too_long``: more tokens than any speaker produces in the audio's duration
+3. ``sparse``: not confidently decoded (mean log-probability below ``LOGPROB_THRESHOLD``)
+   *and* fewer than ``SPARSE_TOKENS_PER_S`` tokens per second of audio: a word or two out
+   of seconds of sound is what Whisper makes of background chatter (eight talkers at
+   -45 dBFS, which Silero rightly calls speech), while a talker's utterance, however quiet,
+   is words all through (the segmenter ends it at the first pause).
+4. ``too_long``: more tokens than any speaker produces in the audio's duration
    (``max_tokens``: ``TOKENS_SLACK`` plus ``TOKENS_PER_S`` per second).
-4. ``repetition``: a language-agnostic loop detector (``repeated``) on characters (a 1-30
+5. ``repetition``: a language-agnostic loop detector (``repeated``) on characters (a 1-30
    character unit that carries a letter or digit, 5+ times back to back over at least 8
    characters) and on tokens (one token 6+ times in a row, or a 2-4 token n-gram 4+ times);
    it works for scripts without spaces too.
-5. ``compression_ratio``: the text's gzip ratio above ``COMPRESSION_RATIO_THRESHOLD``
+6. ``compression_ratio``: the text's gzip ratio above ``COMPRESSION_RATIO_THRESHOLD``
    (Whisper's own threshold).
-6. ``low_logprob``: the mean log-probability below ``LOGPROB_THRESHOLD``.
+7. ``low_logprob``: the mean log-probability below ``LOGPROB_THRESHOLD``.
 
-1-2 drop a candidate at once. 3-6 first ask for a decode at a higher temperature, as
+1-3 drop a candidate at once. 4-7 first ask for a decode at a higher temperature, as
 `whisper.transcribe` does, and drop it only when every temperature failed. When every try
-was merely unconfident (6), the engine keeps the most confident one: that is hard speech
+was merely unconfident (7), the engine keeps the most confident one: that is hard speech
 more often than invented speech, and the greedy decode usually beats the samples
 (`whisper.transcribe` keeps the last, most random one).
 
@@ -39,7 +44,9 @@ LOGPROB_THRESHOLD = -1.0
 COMPRESSION_RATIO_THRESHOLD = 2.4
 TOKENS_PER_S = 20.0  # far beyond fast speech in any language (~5-10 tokens/s)
 TOKENS_SLACK = 10
-REASONS = ("empty", "no_speech", "repetition", "too_long", "compression_ratio")
+SPARSE_TOKENS_PER_S = 0.5  # speech decodes to 2-5 tokens a second; chatter to a stray word
+SPARSE_MIN_S = 4.0  # shorter audio may well hold one word ("Yes.", a name)
+REASONS = ("empty", "no_speech", "sparse", "repetition", "too_long", "compression_ratio")
 
 _NO_WORDS = re.compile(r"^[\W_]*$")
 _INVISIBLE = re.compile("[\u200b\ufeff]")
@@ -94,6 +101,12 @@ def judge(result: Any, duration_s: float) -> Verdict:
         return Verdict("empty")
     if result.no_speech_prob > NO_SPEECH_THRESHOLD and result.avg_logprob < LOGPROB_THRESHOLD:
         return Verdict("no_speech")
+    if (
+        result.avg_logprob < LOGPROB_THRESHOLD
+        and duration_s >= SPARSE_MIN_S
+        and len(result.tokens) < SPARSE_TOKENS_PER_S * duration_s
+    ):
+        return Verdict("sparse")
     if len(result.tokens) > max_tokens(duration_s):
         return Verdict("too_long", retry=True)
     if repeated(text, list(result.tokens)):

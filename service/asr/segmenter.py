@@ -18,6 +18,7 @@ from service.frames import FRAME_MS, FRAME_SAMPLES, to_float32
 # Of the silence that closes an utterance, this much is kept with it: Whisper places the
 # final word better with a little silence after it.
 TRAILING_SILENCE_MS = 200
+CUT_SMOOTH_FRAMES = 5  # a cut goes in the quietest 100 ms, not in one quiet frame of a word
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,10 @@ class Utterance:
     end_s: float
     audio: np.ndarray  # float32 mono 16 kHz, pre-roll included
     speech_end_s: float | None = None  # end of the last voiced frame (for latency figures)
+    # After a cut at the maximum length: how much of the start (seconds) is the end of the
+    # utterance before, given again so that a word the cut split is heard whole in one of
+    # them (service/asr/stream.py drops the words the two then share).
+    overlap_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -33,12 +38,15 @@ class SegmenterConfig:
     vad: str = "silero"  # "silero" | "webrtc": see service/asr/vad.py and the README
     aggressiveness: int = 2  # webrtcvad only
     silero_threshold: float = 0.5  # Silero only: speech probability that counts as voiced
+    silero_hysteresis: float = 0.0  # Silero only: in speech, voiced down to threshold - this
+    vad_gain_db: float = 30.0  # most gain before the VAD (vad.LevelledVad); 0: none
     end_silence_ms: int = 500  # this much non-speech closes an utterance
     max_utterance_s: float = 15.0
     pre_roll_ms: int = 300  # kept before the trigger so first syllables are not cut
     start_window: int = 5  # frames looked at to decide speech has started ...
     start_voiced: int = 4  # ... and how many of them must be voiced
     min_speech_ms: int = 200  # shorter bursts (clicks, coughs) are discarded
+    cut_overlap_ms: int = 500  # at a cut, the next utterance starts this much before it
 
 
 class Segmenter:
@@ -50,10 +58,18 @@ class Segmenter:
 
     def __init__(self, config: SegmenterConfig | None = None) -> None:
         self.config = c = config or SegmenterConfig()
-        self._vad = make_vad(c.vad, c.aggressiveness, c.silero_threshold)
+        self._vad = make_vad(
+            c.vad,
+            c.aggressiveness,
+            c.silero_threshold,
+            hysteresis=c.silero_hysteresis,
+            max_gain_db=c.vad_gain_db,
+        )
         self._pre_roll: deque[np.ndarray] = deque(maxlen=max(1, c.pre_roll_ms // FRAME_MS))
         self._recent: deque[bool] = deque(maxlen=c.start_window)
         self._frames: list[np.ndarray] = []
+        self._voiced: list[bool] = []  # per open frame: did the VAD call it speech
+        self._overlap_frames = 0  # of the open utterance: repeated from the one before
         self._voiced_frames = 0
         self._silent_run = 0
         self._start_frame = 0  # frame index of the utterance's first kept frame
@@ -96,6 +112,7 @@ class Segmenter:
             self._recent.append(voiced)
             if sum(self._recent) >= self.config.start_voiced:
                 self._frames = [*self._pre_roll, pcm]
+                self._voiced = [False] * len(self._pre_roll) + [True]
                 self._start_frame = index - len(self._pre_roll)
                 self._voiced_frames = sum(self._recent)
                 self._silent_run = 0
@@ -106,6 +123,7 @@ class Segmenter:
             return None
 
         self._frames.append(pcm)
+        self._voiced.append(voiced)
         if voiced:
             self._voiced_frames += 1
             self._silent_run = 0
@@ -128,23 +146,39 @@ class Segmenter:
         return len(self._frames) - max(0, self._silent_run - self._trail_frames)
 
     def _cut_point(self) -> int:
-        """Quietest frame in the last third: the best available pause to cut at."""
+        """The best available pause in the last third: the middle of its quietest 100 ms
+        (mean absolute level over CUT_SMOOTH_FRAMES), among the frames the VAD called
+        non-speech when it called any such."""
         frames = self._frames
         lo = len(frames) * 2 // 3
-        energies = [float(np.mean(np.abs(f.astype(np.int32)))) for f in frames[lo:]]
-        return lo + int(np.argmin(energies)) + 1
+        energy = np.array([float(np.mean(np.abs(f.astype(np.int32)))) for f in frames[lo:]])
+        smooth = np.convolve(energy, np.ones(CUT_SMOOTH_FRAMES) / CUT_SMOOTH_FRAMES, "same")
+        quiet = ~np.array(self._voiced[lo:])
+        if quiet.any():
+            smooth = np.where(quiet, smooth, np.inf)
+        return lo + int(np.argmin(smooth)) + 1
 
     def _emit(self, keep: int, carry_rest: bool = False) -> Utterance | None:
         frames, rest = self._frames[:keep], self._frames[keep:]
+        flags = self._voiced
         start = self._start_frame
         voiced = self._voiced_frames
+        overlap = self._overlap_frames
         self._frames = []
+        self._voiced = []
+        self._overlap_frames = 0
         self._voiced_frames = 0
         self._silent_run = 0
         if carry_rest and rest:
-            # The words after the cut continue straight into the next utterance.
-            self._frames = rest
-            self._start_frame = start + keep
+            # The words after the cut continue straight into the next utterance, which
+            # starts cut_overlap_ms before the cut (within what this one holds beyond
+            # its own overlap, so the repeat never grows from one cut to the next).
+            back = min(self.config.cut_overlap_ms // FRAME_MS, keep - overlap - 1)
+            back = max(0, back)
+            self._frames = frames[keep - back :] + rest
+            self._voiced = flags[keep - back :]
+            self._overlap_frames = back
+            self._start_frame = start + keep - back
             self._voiced_frames = len(rest)
         if voiced * FRAME_MS < self.config.min_speech_ms:
             return None
@@ -155,4 +189,5 @@ class Segmenter:
             end_s=end * FRAME_MS / 1000,
             audio=audio,
             speech_end_s=min(self._last_voiced + 1, end) * FRAME_MS / 1000,
+            overlap_s=overlap * FRAME_MS / 1000,
         )

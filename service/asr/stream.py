@@ -10,6 +10,7 @@ nothing per utterance once its final is answered: a caller that wants timings pe
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -27,6 +28,27 @@ log = logging.getLogger(__name__)
 DEFAULT_PARTIAL_INTERVAL_S = 1.0
 DEFAULT_PROMPT_CHARS = 200
 PROMPT_RESET_TEMPERATURE = 0.5  # as whisper.transcribe: text this uncertain is no context
+MAX_OVERLAP_WORDS = 8  # the most words a cut's overlap (SegmenterConfig.cut_overlap_ms) holds
+
+
+def _word_key(word: str) -> str:
+    return "".join(c for c in word.casefold() if c.isalnum())
+
+
+def without_repeat(previous: str, text: str, max_words: int = MAX_OVERLAP_WORDS) -> str:
+    """`text` less its first words when they repeat the last words of `previous`.
+
+    An utterance that follows a cut starts with audio the one before already held; its
+    words come out twice, and the longest run of up to `max_words` that ends `previous`
+    and starts `text` (compared without case and punctuation) is dropped from `text`.
+    """
+    before = [_word_key(w) for w in previous.split()[-max_words:]]
+    words = text.split()
+    after = [_word_key(w) for w in words[:max_words]]
+    for n in range(min(len(before), len(after)), 0, -1):
+        if before[-n:] == after[:n] and any(after[:n]):
+            return " ".join(words[n:])
+    return text
 
 
 class Context:
@@ -98,6 +120,7 @@ class StreamTranscriber:
             max(1, int(partial_interval_s * 1000 / FRAME_MS)) if partial_interval_s > 0 else 0
         )
         self.context = Context(prompt_chars)
+        self._last_text = ""  # the last final's text, to drop what a cut's overlap repeats
         self._utterance = 0  # number of the open (or next) utterance
         self._frames_at_partial = 0  # open-utterance frames covered by the last partial request
         self._partial_in_flight = False
@@ -180,17 +203,23 @@ class StreamTranscriber:
         self._frames_at_partial = 0
         if self._on_utterance is not None:
             self._on_utterance(number, utt)
-        request = self._request(RequestKind.FINAL, utt, lambda o: self._final_done(number, utt, o))
+        # When the speech ended, on this clock: the utterance closes now, after the
+        # silence that ends it (audio arrives in real time).
+        spoke = time.monotonic() - (utt.end_s - (utt.speech_end_s or utt.end_s))
+        request = self._request(
+            RequestKind.FINAL, utt, lambda o: self._final_done(number, utt, o, spoke)
+        )
         if not self.engine.submit(request):
             self.finals_rejected += 1
             return
         self._finals_pending += 1
         self.idle.clear()
 
-    def _final_done(self, number: int, utt: Utterance, o: Outcome) -> None:
+    def _final_done(self, number: int, utt: Utterance, o: Outcome, spoke: float) -> None:
         try:
             if o.segment is None:
                 self.finals_dropped += 1
+                self._last_text = ""  # nothing of it was committed: nothing to repeat
                 d = o.decoded
                 if o.dropped == Drop.ERROR or d is None:
                     log.error("%s: utterance %d failed to decode: %s", self.label, number, o.error)
@@ -209,10 +238,24 @@ class StreamTranscriber:
                     )
                 self._on_final(number, [])
                 return
+            text = o.segment.text
+            if utt.overlap_s > 0:
+                text = without_repeat(self._last_text, text)
+                if not text:
+                    self.finals_dropped += 1
+                    self._on_final(number, [])
+                    return
+            self._last_text = o.segment.text
             self.finals_committed += 1
-            segment = replace(o.segment, start=round(utt.start_s, 3), end=round(utt.end_s, 3))
+            segment = replace(
+                o.segment,
+                text=text,
+                start=round(utt.start_s + utt.overlap_s, 3),
+                end=round(utt.end_s, 3),
+            )
             self.context.add(segment.text, segment.language, o.temperature)
-            self._on_final(number, [segment])
+            self._on_final(number, [segment])  # committed when it returns
+            self.engine.final_latency.observe(time.monotonic() - spoke)
         finally:
             self._finals_pending -= 1
             if self._finals_pending == 0:

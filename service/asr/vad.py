@@ -14,9 +14,14 @@ from typing import Protocol
 
 import numpy as np
 
-from service.frames import FRAME_SAMPLES, SAMPLE_RATE
+from service.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE
 
 VAD_KINDS = ("silero", "webrtc")
+FULL_SCALE = 32768.0
+GAIN_TARGET_DBFS = -26.0  # a normal speaking level on a call (the dev clips: about -26)
+GAIN_WINDOW_MS = 2000  # the level is the loud end of this much recent audio ...
+GAIN_PERCENTILE = 90  # ... this percentile of its frames' RMS
+GAIN_FLOOR_DBFS = -80.0  # below this nothing is amplified further (dither, digital hush)
 
 
 class Vad(Protocol):
@@ -83,8 +88,13 @@ class SileroVad:
     WINDOW = 512
     CONTEXT = 64
 
-    def __init__(self, threshold: float = 0.5) -> None:
+    def __init__(self, threshold: float = 0.5, hysteresis: float = 0.0) -> None:
         self.threshold = threshold
+        # Once speech is heard, frames count as speech down to threshold - hysteresis (as
+        # Silero's own get_speech_timestamps does): weak syllables inside an utterance
+        # (hoarse, whispered, far) do not end it, and onsets still need the full threshold.
+        self.off_threshold = threshold - hysteresis
+        self._speaking = False
         self._session = _silero_session()
         self._state = np.zeros((2, 1, 128), dtype=np.float32)
         self._context = np.zeros(self.CONTEXT, dtype=np.float32)
@@ -104,12 +114,60 @@ class SileroVad:
             )
             self._context = window[-self.CONTEXT :]
             self.probability = float(out[0, 0])
-        return self.probability >= self.threshold
+        self._speaking = self.probability >= (
+            self.off_threshold if self._speaking else self.threshold
+        )
+        return self._speaking
 
 
-def make_vad(kind: str, aggressiveness: int = 2, threshold: float = 0.5) -> Vad:
+class LevelledVad:
+    """A VAD that hears its input at a speaking level, whatever the recorded level.
+
+    The gain brings the loud end of the last GAIN_WINDOW_MS (the GAIN_PERCENTILE of its
+    frames' RMS, or the frame's own if louder) to GAIN_TARGET_DBFS, by at most
+    `max_gain_db` and never below 0 dB. The frame's own RMS makes the attack instant (a
+    loud onset after a hush is not clipped); the percentile over a window holds the gain
+    through pauses, so a quiet talker's gaps are not pumped up to speech level between
+    words. Only the VAD's input is scaled.
+    """
+
+    def __init__(self, inner: Vad, max_gain_db: float) -> None:
+        self._inner = inner
+        self._max_gain = 10 ** (max_gain_db / 20)
+        self._target = FULL_SCALE * 10 ** (GAIN_TARGET_DBFS / 20)
+        self._floor = FULL_SCALE * 10 ** (GAIN_FLOOR_DBFS / 20)
+        self._rms = np.zeros(GAIN_WINDOW_MS // FRAME_MS)  # a ring of recent frames' RMS
+        self._count = 0
+        self.gain = 1.0
+
+    def is_speech(self, pcm: np.ndarray) -> bool:
+        x = pcm.astype(np.float32)
+        rms = float(np.sqrt(np.dot(x, x) / x.size))
+        self._rms[self._count % self._rms.size] = rms
+        self._count += 1
+        recent = self._rms[: min(self._count, self._rms.size)]
+        k = (recent.size - 1) * GAIN_PERCENTILE // 100
+        # The frame's own RMS too: a loud onset after a hush is never driven into clipping.
+        level = max(float(np.partition(recent, k)[k]), rms, self._floor)
+        self.gain = min(self._max_gain, max(1.0, self._target / level))
+        if self.gain > 1.0:
+            pcm = np.clip(x * self.gain, -32768, 32767).astype(np.int16)
+        return self._inner.is_speech(pcm)
+
+
+def make_vad(
+    kind: str,
+    aggressiveness: int = 2,
+    threshold: float = 0.5,
+    *,
+    hysteresis: float = 0.0,
+    max_gain_db: float = 0.0,
+) -> Vad:
+    """`max_gain_db` > 0 puts Silero behind a `LevelledVad` gain stage. webrtcvad never is:
+    it takes loud broadband noise for speech, so amplified hiss would open utterances."""
     if kind == "silero":
-        return SileroVad(threshold)
+        vad = SileroVad(threshold, hysteresis)
+        return LevelledVad(vad, max_gain_db) if max_gain_db > 0 else vad
     if kind == "webrtc":
         return WebRtcVad(aggressiveness)
     raise ValueError(f"unknown VAD {kind!r}: use one of {', '.join(VAD_KINDS)}")

@@ -21,7 +21,9 @@ import gevent
 from gevent.event import Event
 
 from service.asr import filters
+from service.asr.headroom import Headroom
 from service.asr.scheduler import MAX_QUEUED_FINALS, Drop, Outcome, Request, RequestKind, Scheduler
+from service.metrics import BATCH_SIZE, DECODE_S, QUEUE_WAIT_S, Buckets
 from service.threadhub import ThreadToHub, start_native_thread
 
 log = logging.getLogger(__name__)
@@ -79,10 +81,37 @@ class WorkerStats:
         return figures
 
 
+class WorkerTimings:
+    """How long requests waited and batches took, and how big batches were: the
+    distributions GET /metrics shows. Added to on the worker's thread (``Buckets`` holds a
+    native lock), reset with the stats."""
+
+    def __init__(self) -> None:
+        self.queue_wait = {kind: Buckets(QUEUE_WAIT_S) for kind in RequestKind}
+        self.decode_s = Buckets(DECODE_S)
+        self.batch_size = Buckets(BATCH_SIZE)
+
+    def count(self, batch: list[Request], started: float, took: float) -> None:
+        self.decode_s.observe(took)
+        self.batch_size.observe(len(batch))
+        for r in batch:
+            self.queue_wait[r.kind].observe(started - r.queued_at)
+
+    def reset(self) -> None:
+        for b in (*self.queue_wait.values(), self.decode_s, self.batch_size):
+            b.reset()
+
+
 class Worker:
     """Create on the hub's thread; `start` once, `close` once."""
 
-    def __init__(self, scheduler: Scheduler, decode: Decode, max_batch: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        decode: Decode,
+        max_batch: Callable[[], int],
+        headroom: Headroom | None = None,
+    ) -> None:
         self._scheduler = scheduler
         self._decode = decode
         self._max_batch = max_batch  # read at each take: known only once the model is loaded
@@ -95,6 +124,9 @@ class Worker:
         self._start_error: BaseException | None = None
         self._closed = False
         self.stats = WorkerStats()
+        self.timings = WorkerTimings()
+        # What it leaves for another call: admission of new transcribing calls.
+        self.headroom = headroom or Headroom()
 
     @property
     def running(self) -> bool:
@@ -153,6 +185,9 @@ class Worker:
         took = time.monotonic() - started
         self._scheduler.finished()
         self.stats.count(batch, outcomes, took)
+        self.timings.count(batch, started, took)
+        waits = [started - r.queued_at for r in batch if r.kind == RequestKind.FINAL]
+        self.headroom.observe(took, len(batch), waits)
         for r, o in zip(batch, outcomes, strict=True):
             o.queued_s = started - r.queued_at
             o.decode_s = took

@@ -277,6 +277,11 @@ class PlayoutBuffer:
 
     # -- figures ------------------------------------------------------------------------
 
+    @property
+    def latency(self) -> LatencyRecord:
+        """Every frame's capture-to-playout delay of the call, binned (GET /metrics)."""
+        return self._latency
+
     def latencies_ms(self) -> list[float]:
         """Capture-to-playout delay of recent frames (wall clocks of sender and receiver;
         meaningful on one host or with synchronised clocks)."""

@@ -43,10 +43,16 @@ class LatencyRecord:
     def __init__(self, ring: int) -> None:
         self._recent: deque[float] = deque(maxlen=ring)
         self._hist = np.zeros(LATENCY_BINS + 1, dtype=np.int64)
+        self.total_ms = 0.0  # of every frame: the sum a Prometheus histogram carries
 
     def add(self, ms: float) -> None:
         self._recent.append(ms)
         self._hist[min(LATENCY_BINS, max(0, int(ms / LATENCY_BIN_MS)))] += 1
+        self.total_ms += ms
+
+    def histogram(self) -> np.ndarray:
+        """A copy of the whole call's bins (``LATENCY_BIN_MS`` each; the last, slower)."""
+        return self._hist.copy()
 
     def recent(self) -> list[float]:
         return list(self._recent)

@@ -28,3 +28,5 @@ class CallContext:
     node_id: str
     remote_segments: TokenBucket  # what peers may store, across all calls (calls/peer.py)
     on_end: Callable[[Any], None]  # called with the CallSession once it has ended
+    # Then this, with the same session: the post-call pass queues it (calls/postcall.py).
+    after_call: Callable[[Any], None] = lambda session: None

@@ -29,6 +29,7 @@ from service.codec_table import Codec
 from service.config import Settings
 from service.frames import FRAME_SAMPLES
 from service.ratelimit import RateLimitedLog
+from service.recordings import CallRecorder
 from service.transport import protocol as p
 from service.transport.link import Link, LinkClosed
 from service.vocab import Speaker
@@ -71,6 +72,7 @@ class Media:
         warn: RateLimitedLog,
         connected_at: float,
         on_end: Callable[[str, bool], None],
+        recorder: CallRecorder | None = None,
     ) -> None:
         self._id = call_id
         self._link = link
@@ -82,11 +84,17 @@ class Media:
         self._warn = warn
         self._connected_at = connected_at
         self._on_end = on_end  # (reason, tell the peer) -> None; spawned, never blocks us
+        self._recorder = recorder  # both sides' packets, as sent and received; never blocks
         self._outgoing: deque[p.Audio] = deque(maxlen=OUTGOING_FRAMES)
         self._ready = Event()
         self._remote_decoder: Decoder | None = None
         self.frames_dropped_unsent = 0
         self.stopping = False
+        # The hang-up drain (calls/session.py): the peer answered a pending bye (any bye,
+        # or the link's end, counts), and the peer's last word came (a plain bye, or the end).
+        self.peer_answered = Event()
+        self.peer_done = Event()
+        self._pending_seen = False
 
     def greenlets(self) -> list[gevent.Greenlet]:
         return [gevent.spawn(self._capture), gevent.spawn(self._send), gevent.spawn(self._recv)]
@@ -110,11 +118,14 @@ class Media:
             self._transcript.feed(Speaker.LOCAL, frame.pcm)
             if len(self._outgoing) == self._outgoing.maxlen:
                 self.frames_dropped_unsent += 1
+            payload = self._encoder.encode(frame.pcm)
+            if self._recorder is not None:
+                self._recorder.local(seq, codec, payload)
             self._outgoing.append(
                 p.Audio(
                     seq=seq & 0xFFFFFFFF,
                     capture_time_us=int(frame.capture_time * 1e6),
-                    payload=self._encoder.encode(frame.pcm),
+                    payload=payload,
                     codec=codec,
                 )
             )
@@ -134,6 +145,13 @@ class Media:
     # -- the peer's side ----------------------------------------------------------------
 
     def _recv(self) -> None:
+        try:
+            self._receive()
+        finally:  # however receiving ended, a hang-up's drain waits for nothing more
+            self.peer_answered.set()
+            self.peer_done.set()
+
+    def _receive(self) -> None:
         link = self._link
         while True:  # link.recv yields to the hub between any two messages
             try:
@@ -159,10 +177,21 @@ class Media:
                 if flood is None and not self._transcript.accept_remote(message, call_s):
                     return  # the store failed: the call is ending with that reason
             elif isinstance(message, p.Bye):
+                self.peer_answered.set()
                 reason = clean_text(message.reason)
-                log.info("call %s: peer said bye: %r", self._id, reason)
-                self._end(f"peer_{reason}", False)
-                return
+                if not message.pending:
+                    if not self.stopping:
+                        log.info("call %s: peer said bye: %r", self._id, reason)
+                        self._end(f"peer_{reason}", False)
+                    return
+                # It hangs up and its last finals are coming: ours go to it too. Once.
+                if self._pending_seen:
+                    flood = self._budget.stray()
+                else:
+                    self._pending_seen = True
+                    if not self.stopping:
+                        log.info("call %s: peer hangs up: %r", self._id, reason)
+                        self._end(f"peer_{reason}", True)
             else:
                 kind = type(message).__name__
                 self._warn.warning("stray", "call %s: unexpected %s mid-call", self._id, kind)
@@ -173,6 +202,8 @@ class Media:
                 return
 
     def _play(self, message: p.Audio) -> None:
+        if self._recorder is not None:
+            self._recorder.remote(message.seq, message.codec, message.payload)
         self._sink.playout.push(
             message.seq, message.capture_time_us, message.codec, message.payload
         )

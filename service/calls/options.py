@@ -13,8 +13,12 @@ class CallOptions:
     input: str | int
     output: str | int | None
     language: str | None
-    transcribe: bool
+    transcribe: bool  # live captions
     task: Task = Task.TRANSCRIBE  # or translate (to English; needs a multilingual model)
+    record: bool = True  # keep both sides' audio (service/recordings/); IM_RECORD by default
+    # No live captions; the post-call pass transcribes the recording ("transcribe": "after"):
+    # admitted even when the ASR worker has no headroom left for live captions.
+    transcribe_after: bool = False
 
 
 def new_token() -> str:

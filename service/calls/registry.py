@@ -19,6 +19,7 @@ from service.audio.specs import AudioSpecError, open_sink, open_source
 from service.calls.context import CallContext
 from service.calls.options import CallOptions, new_token
 from service.calls.session import CallSession
+from service.calls.totals import CallTotals
 from service.transport.addresses import format_address, parse_address
 from service.transport.listener import Listener
 from service.transport.tls import server_context
@@ -46,6 +47,8 @@ class Registry:
         # requests could otherwise both pass the limit check and both be admitted.
         self._admitting = 0
         self.refused_too_many = 0
+        self.totals = CallTotals()  # every ended call's counters (GET /metrics)
+        self.refused_saturated = 0  # transcribing calls refused for want of ASR headroom
         self._tls: ssl.SSLContext | None = None  # made once, for every listening call
 
     @contextmanager
@@ -77,7 +80,32 @@ class Registry:
         return list(self._live.values())
 
     def forget(self, session: CallSession) -> None:
-        self._live.pop(session.id, None)
+        # Folded in the same step: a scrape never sees a call in neither place.
+        if self._live.pop(session.id, None) is not None:
+            self.totals.fold(session)
+
+    def _admit(self, options: CallOptions) -> None:
+        """Refuse live captions the ASR worker has no headroom for (asr/headroom.py): the
+        calls already running keep their latency, and the caller may come back later or
+        ask for the post-call pass alone."""
+        if options.transcribe_after and not options.record:
+            raise CallError(
+                422,
+                "needs_recording",
+                '"transcribe": "after" transcribes the recording: it needs "record": true',
+            )
+        engine = self.ctx.engine
+        if not options.transcribe or engine is None:
+            return
+        verdict = engine.headroom()
+        if verdict.saturated:
+            self.refused_saturated += 1
+            raise CallError(
+                503,
+                "asr_saturated",
+                f"no ASR headroom for live captions: {verdict.reason}; try again later, "
+                'or ask for "transcribe": "after" (captions from the recording, after the call)',
+            )
 
     def _session(self, mode: Mode, options: CallOptions, token: str) -> CallSession:
         engine = self.ctx.engine
@@ -88,6 +116,7 @@ class Registry:
                 check_language(options.language)
         except AsrRequestError as exc:
             raise CallError(422, exc.code, exc.message) from None
+        self._admit(options)
         try:
             media = self.ctx.settings.media_dir
             source = open_source(options.input, media_dir=media)
@@ -166,7 +195,9 @@ class Registry:
                 output=None if o.output is None else str(o.output),
                 language=o.language,
                 transcribe=o.transcribe,
+                transcribe_after=o.transcribe_after,
                 task=o.task,
+                record=o.record,
                 frames_sent=0,
                 frames_received=0,
                 bytes_sent=0,

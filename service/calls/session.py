@@ -6,8 +6,12 @@ written to the store, so the history of a call survives the process. The parts i
 live beside it: the listening socket and both handshakes in ``transport/``, the media
 loops in ``media.py``, the transcript in ``transcript.py``; views of a call in ``api/``.
 
-Ending is ordered so nothing said is lost: stop the microphone, close the open utterance,
-wait (bounded) for its transcription, send the last finals, then the bye.
+Ending is ordered so nothing said is lost, on both nodes: the side that hangs up says so
+with a *pending* bye; each side then stops its microphone, closes its open utterance, waits
+(bounded: IM_HANGUP_DRAIN_S) for its transcription and sends its last finals, then a plain
+bye, and closes once the peer's plain bye came too (or the drain's time is up). A peer that
+does not answer the pending bye within ANSWER_S (frozen, gone) is not waited for; one from
+before drains takes the pending bye as a plain one and closes, which ends the wait too.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from service.calls.options import CallOptions
 from service.calls.peer import PeerBudget
 from service.calls.transcript import CallTranscript
 from service.ratelimit import RateLimitedLog
+from service.recordings import CallRecorder
 from service.transport import handshake
 from service.transport import protocol as p
 from service.transport.link import Link, LinkClosed, connect
@@ -40,7 +45,9 @@ from service.vocab import CallState, Mode
 
 log = logging.getLogger(__name__)
 
-DRAIN_TIMEOUT_S = 30.0  # longest a hang-up waits for the last utterance's transcription
+ANSWER_S = 3.0  # a live peer answers a pending bye at once; after this it is not waited for
+PEER_GRACE_S = 2.0  # the peer's drain began up to a round trip after ours
+RECORDING_CLOSE_S = 5.0  # longest the end waits for the recorder's last pages
 
 
 @dataclass
@@ -84,9 +91,12 @@ class CallSession:
         self.link: Link | None = None
         self.listener: Listener | None = None
         self.media: Media | None = None
+        self.recorder: CallRecorder | None = None
+        self.recording_deleted_at: float | None = None
         self.ended = Event()
         self.events = EventBus()
         self.rejected_connections = 0
+        self.untranscribed = 0  # utterances its end could not wait for (GET /metrics)
         self._warn = RateLimitedLog(log)  # what a peer can trigger is logged at a bounded rate
         self.transcript = CallTranscript(ctx, call_id, options, self.events, self._warn)
         self.transcript.on_failed = lambda reason: self._spawn(self.end, reason, False)
@@ -132,6 +142,7 @@ class CallSession:
             codecs=self.ctx.settings.codecs,
             node=self.ctx.node_id,
             nonce=handshake.new_nonce(),
+            records=self.options.record,
         )
 
     def _rejected(self, peer: str, why: str) -> None:
@@ -206,10 +217,16 @@ class CallSession:
             connected_at=_at(self.times.connected),
             peer_address=self.peer_address,
         )
+        if self._ending:  # hung up while the store wrote: start no recorder nor media loops
+            return
         # The peer will not transcribe its microphone: do it here from what we hear.
         self.transcript.start(transcribe_peer=not hello.transcribes)
         self.transcript.send = self._send_transcript
         budget = PeerBudget(time.monotonic(), self.ctx.remote_segments)
+        if self.options.record:
+            self.recorder = CallRecorder(
+                self.ctx.settings.recordings_dir, self.id, self.ctx.settings.opus_bitrate
+            )
         self.media = Media(
             self.id,
             link,
@@ -221,6 +238,7 @@ class CallSession:
             self._warn,
             self.times.connected,
             on_end=self.end,
+            recorder=self.recorder,
         )
         self._greenlets.extend(self.media.greenlets())
 
@@ -247,19 +265,10 @@ class CallSession:
         self.source.close()
         if self.media is not None:
             self.media.stopping = True
-        self.transcript.flush()
-        self.transcript.wait_idle(time.monotonic() + DRAIN_TIMEOUT_S)
-        if self.transcript.pending:
-            log.warning(
-                "call %s: ended with %d utterances untranscribed", self.id, self.transcript.pending
-            )
-        if self.link is not None:
-            if notify_peer:
-                with contextlib.suppress(LinkClosed):
-                    self.link.send(p.Bye(reason=reason[: p.MAX_REASON]))
-            self.link.close()
+        self._drain(reason, notify_peer)
         gevent.killall([g for g in self._greenlets if g is not me], block=False)
         self.sink.close()
+        self._close_recording()
         self.times.ended = time.time()
         self.end_reason = reason
         self.state = CallState.FAILED if failed and not was_connected else CallState.ENDED
@@ -269,13 +278,64 @@ class CallSession:
             end_reason=reason,
             rejected_connections=self.rejected_connections,
             segments_refused=self.transcript.refused,
+            peer_records=self.peer_hello.records if self.peer_hello is not None else None,
+            recording_stopped=self.recorder.stopped if self.recorder is not None else None,
             **self.counters(),
         )
         log.info("call %s %s: %s", self.id, self.state, reason)
+        # Its post-call pass, over the recording closed above: queued before the feeds hear
+        # of the end, so a feed that waits for the pass finds it.
+        self.ctx.after_call(self)
         self.events.publish(StateChange(self.state, reason))
         self.events.close()  # live feeds end after the last state
         self.ended.set()
         self.ctx.on_end(self)
+
+    def _drain(self, reason: str, notify_peer: bool) -> None:
+        """Both sides' last finals to both nodes, then the link closed (see the top)."""
+        deadline = time.monotonic() + self.ctx.settings.hangup_drain_s
+        link, media = self.link, self.media
+        talking = notify_peer and link is not None and media is not None
+        self.transcript.flush()
+        if talking:
+            self._say(p.Bye(reason=reason[: p.MAX_REASON], pending=True))
+        asked_at = time.monotonic()
+        self.transcript.wait_idle(deadline)
+        self.untranscribed = self.transcript.pending
+        if self.untranscribed:
+            log.warning(
+                "call %s: ended with %d utterances untranscribed", self.id, self.transcript.pending
+            )
+        if link is None:
+            return
+        if notify_peer:
+            self._say(p.Bye(reason=reason[: p.MAX_REASON]))
+        if talking:
+            assert media is not None
+            # The peer's own last finals: only from a peer that answered (its pending bye,
+            # or any bye, or the link closing) within ANSWER_S of our asking.
+            if media.peer_answered.wait(max(0.0, asked_at + ANSWER_S - time.monotonic())):
+                media.peer_done.wait(max(0.0, deadline + PEER_GRACE_S - time.monotonic()))
+        link.close()
+
+    def _say(self, bye: p.Bye) -> None:
+        if self.link is not None:
+            with contextlib.suppress(LinkClosed):
+                self.link.send(bye)
+
+    def _close_recording(self) -> None:
+        """The recorder's last pages (EOS) on the disk; bounded, never the call's end."""
+        if self.recorder is None:
+            return
+        self.recorder.close()
+        if not self.recorder.wait_closed(RECORDING_CLOSE_S, gevent.sleep):
+            log.warning("call %s: recording still closing after %.0f s", self.id, RECORDING_CLOSE_S)
+
+    def stop_recording(self, reason: str) -> None:
+        """Stop recording now, keeping the call (before its audio is deleted)."""
+        if self.recorder is not None:
+            self.recorder.stop(reason)
+            self.recorder.wait_closed(RECORDING_CLOSE_S, gevent.sleep)
 
     def _fail(self, reason: str) -> None:
         log.warning("call %s failed: %s", self.id, reason)

@@ -12,19 +12,23 @@ can push past 2**31 (bytes) are BIGINT.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -66,7 +70,9 @@ class Call(Base):
     output: Mapped[str | None] = mapped_column(Text)
     language: Mapped[str | None] = mapped_column(String(16))
     task: Mapped[str | None] = mapped_column(String(16))  # transcribe | translate
-    transcribe: Mapped[bool] = mapped_column(Boolean, default=True)
+    transcribe: Mapped[bool] = mapped_column(Boolean, default=True)  # live captions
+    # No live captions, a post-call pass instead ("transcribe": "after"; migration 0009)
+    transcribe_after: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     connected_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -78,6 +84,16 @@ class Call(Base):
     # Kept when the call ends, so an ended session still shows what was turned away.
     rejected_connections: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     segments_refused: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The node (IM_NODE_ID) that holds the call: a restarting node closes only its own
+    # open calls. "" for calls from before node ids (migration 0005).
+    node_id: Mapped[str] = mapped_column(String(64), default="", server_default="", index=True)
+    # Recordings (migration 0007, service/recordings/): whether this side recorded, whether
+    # the peer said it records (None: it did not say), why recording stopped early, and
+    # when the audio was deleted.
+    record: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    peer_records: Mapped[bool | None] = mapped_column(Boolean)
+    recording_stopped: Mapped[str | None] = mapped_column(Text)
+    recording_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     segments: Mapped[list[SegmentRow]] = relationship(
         back_populates="call", cascade="all, delete-orphan", order_by="SegmentRow.id"
@@ -90,8 +106,9 @@ class SegmentRow(Base):
 
     __tablename__ = "segments"
     __table_args__ = (
-        UniqueConstraint("call_id", "speaker", "number", name="uq_segment_number"),
+        UniqueConstraint("call_id", "revision", "speaker", "number", name="uq_segment_number"),
         CheckConstraint("speaker IN ('local', 'remote')", name="ck_segment_speaker"),
+        CheckConstraint("revision IN ('live', 'final')", name="ck_segment_revision"),
     )
 
     # The autoincrementing id is the stable order of arrival and the cursor for polling.
@@ -113,6 +130,12 @@ class SegmentRow(Base):
     no_speech_prob: Mapped[float | None] = mapped_column(Float)
     compression_ratio: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Transcript revisions (migration 0008): "live", what the live pass caught during the
+    # call; "final", the post-call pass over the recording (service/calls/postcall.py),
+    # with its words and whether the live pass never produced the segment.
+    revision: Mapped[str] = mapped_column(String(8), default="live", server_default="live")
+    live_missed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    words: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
     call: Mapped[Call] = relationship(back_populates="segments")
 
@@ -129,3 +152,59 @@ class SegmentRow(Base):
             speaker=Speaker(self.speaker),
             number=self.number,
         )
+
+
+class OutboxRow(Base):
+    """A webhook event waiting for one endpoint: written in the transaction of the row it
+    announces, deleted once the endpoint answered 2xx (service/store/outbox.py,
+    service/webhooks/). One row per event and endpoint, so each endpoint's progress is its
+    own; ``event_id`` is the event's, the same on every try and for every endpoint."""
+
+    __tablename__ = "webhook_outbox"
+    __table_args__ = (
+        # The head of each call's queue (min id per call), and the oldest rows to prune.
+        Index("ix_webhook_outbox_endpoint_call", "endpoint", "call_id", "id"),
+        Index("ix_webhook_outbox_endpoint_id", "endpoint", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    event_id: Mapped[str] = mapped_column(String(40))
+    endpoint: Mapped[str] = mapped_column(String(32))
+    # No foreign key: an event outlives nothing it points to, and keeps its order per call.
+    call_id: Mapped[str | None] = mapped_column(String(32))
+    type: Mapped[str] = mapped_column(String(32))
+    body: Mapped[str] = mapped_column(Text)  # the exact JSON sent, the same on every try
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    due_at: Mapped[float] = mapped_column(Float)  # epoch seconds of the next try
+    # While a sender holds it (a try in flight): another node or a restart leaves it alone
+    # until then, so a call's next event cannot overtake it.
+    claimed_until: Mapped[float | None] = mapped_column(Float)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class TranscriptPass(Base):
+    """One post-call pass over a call's recording (service/calls/postcall.py), kept in the
+    store so that a restarted node resumes what was pending or running."""
+
+    __tablename__ = "transcript_passes"
+    __table_args__ = (
+        CheckConstraint("state IN ('pending', 'running', 'done', 'failed')", name="ck_pass_state"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
+    revision: Mapped[str] = mapped_column(String(8))  # what it makes: final
+    model: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(8), index=True)  # pending|running|done|failed
+    progress: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")  # 0..1
+    error: Mapped[str | None] = mapped_column(Text)
+    segments: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    missed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # live_missed
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -12,36 +12,38 @@ holds because the caller goes on only once the commit has returned.
 SQLite lets readers run beside its one writer (WAL) and makes a second writer wait on its
 lock (the engine's 30 s busy timeout); PostgreSQL serves the threads as it serves a fleet.
 Called from a thread that is not the hub's (the post-call pass, a recorder), a query runs
-right there: gevent's pool does that by itself.
+right there: gevent's pool does that by itself. What a query calls back (the outbox's
+``wake``) therefore runs on a pool thread: gevent's Event.set is safe from there.
 """
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 from gevent.threadpool import ThreadPool
-
-from service.store.db import Store
 
 STORE_THREADS = 4  # concurrent queries; more only queue on SQLite's single writer anyway
 
 # What stays on the caller: the context managers, which hand out a Session to use in place.
 ON_CALLER = frozenset({"session", "writing"})
 
+T = TypeVar("T")
 
-class OffHub:
-    """Wraps a `Store`: its methods run on the pool and block only the calling greenlet;
-    attributes (``engine``, ``node_id``, ``outbox``...) are the store's own."""
 
-    def __init__(self, store: Store, threads: int = STORE_THREADS) -> None:
-        self._store = store
-        self._pool = ThreadPool(threads)
+class OffHub(Generic[T]):
+    """Wraps an object that queries the database (the `Store`, its webhook outbox): its
+    methods run on the pool and block only the calling greenlet; its other attributes are
+    its own, read and set through the wrapper."""
+
+    def __init__(self, target: T, pool: ThreadPool | None = None) -> None:
+        object.__setattr__(self, "_target", target)
+        object.__setattr__(self, "pool", pool if pool is not None else ThreadPool(STORE_THREADS))
 
     def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._store, name)
+        attr = getattr(self._target, name)
         if name.startswith("_") or name in ON_CALLER or not callable(attr):
             return attr
-        pool = self._pool
+        pool = self.pool
 
         def run(*args: Any, **kwargs: Any) -> Any:
             return pool.apply(attr, args, kwargs)
@@ -50,12 +52,15 @@ class OffHub:
         run.__doc__ = attr.__doc__
         return run
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._target, name, value)  # e.g. the outbox's ``wake`` callback
+
     @property
-    def store(self) -> Store:
-        """This wrapper, typed as the `Store` it stands for: callers (and the type checker)
-        see the same methods with the same signatures."""
-        return cast(Store, self)
+    def proxy(self) -> T:
+        """This wrapper, typed as what it wraps: callers (and the type checker) see the
+        same methods with the same signatures."""
+        return cast(T, self)
 
     def close(self) -> None:
         """End the pool's threads (each after its current query)."""
-        self._pool.kill()
+        self.pool.kill()

@@ -31,6 +31,9 @@ class Hello:
     node: str = ""
     nonce: str = ""
     version: int = PROTOCOL_VERSION
+    # Whether this side records the call (service/recordings/); None: it did not say (a
+    # node from before recordings), which the other side shows as unknown.
+    records: bool | None = None
     raw: bytes = field(default=b"", compare=False, repr=False)
 
 
@@ -109,7 +112,13 @@ WIRE_SEGMENT_FIELDS = (
 
 @dataclass(frozen=True, slots=True)
 class Bye:
+    """The end of the call, and why. ``pending``: "I am hanging up, and my last finals are
+    still coming; send me yours" (calls/session.py's drain); the plain bye that follows
+    says they all came. A node from before drains reads any bye as the last word, which is
+    what it always did."""
+
     reason: str
+    pending: bool = False
 
 
 Message = Hello | Audio | Transcript | Bye | Auth | Ping | Pong

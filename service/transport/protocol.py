@@ -124,6 +124,8 @@ def encode(message: Message) -> bytes:
                 "transcribes": message.transcribes,
                 "codecs": list(message.codecs),
                 "nonce": message.nonce,
+                # Only when known, so a hello that does not say stays byte for byte as before.
+                **({} if message.records is None else {"records": message.records}),
             }
         )
     elif isinstance(message, Auth):
@@ -134,7 +136,7 @@ def encode(message: Message) -> bytes:
         body = _json({f: getattr(message, f) for f in Transcript.__slots__})
     elif isinstance(message, Bye):
         kind = MessageType.BYE
-        body = _json({"reason": message.reason})
+        body = _json({"reason": message.reason, **({"pending": True} if message.pending else {})})
     else:  # pragma: no cover - guarded by the type checker
         raise TypeError(f"not a protocol message: {message!r}")
     if len(body) > MAX_BODY:
@@ -166,7 +168,10 @@ def decode(kind: int, body: bytes) -> Message:
         return Auth(proof=_hex(obj, "proof", PROOF_HEX))
     if kind is MessageType.TRANSCRIPT:
         return _decode_transcript(obj)
-    return Bye(reason=_str(obj, "reason", MAX_REASON))
+    pending = obj.get("pending", False)
+    if not isinstance(pending, bool):
+        raise ProtocolError("bye.pending must be a boolean")
+    return Bye(reason=_str(obj, "reason", MAX_REASON), pending=pending)
 
 
 def _unknown_type(kind: int) -> str:
@@ -223,6 +228,9 @@ def _decode_hello(obj: dict[str, Any], body: bytes) -> Hello:
     transcribes = obj.get("transcribes")
     if not isinstance(transcribes, bool):
         raise ProtocolError("hello.transcribes must be a boolean")
+    records = obj.get("records")  # absent: a node from before recordings (unknown)
+    if records is not None and not isinstance(records, bool):
+        raise ProtocolError("hello.records must be a boolean")
     # A hello of another version is still parsed (without a nonce) so that the peer can
     # be told which version it speaks; the session refuses it.
     nonce = obj.get("nonce", "")
@@ -234,6 +242,7 @@ def _decode_hello(obj: dict[str, Any], body: bytes) -> Hello:
         node=_opt_str(obj, "node", 256) or "",
         nonce=nonce,
         version=version,
+        records=records,
         raw=body,
     )
 

@@ -16,6 +16,7 @@ from alembic import context
 
 from service.store.db import make_engine
 from service.store.models import Base
+from service.store.search import include_name
 
 config = context.config
 if config.config_file_name and config.attributes.get("configure_logger", True):
@@ -42,6 +43,7 @@ def run_migrations_offline() -> None:
         target_metadata=target_metadata,
         literal_binds=True,
         render_as_batch=True,
+        include_name=include_name,  # the search index is per backend, not in the models
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -57,7 +59,10 @@ def run_migrations_online() -> None:
             connection.commit()
         # render_as_batch lets later migrations alter columns on SQLite (copy-and-move).
         context.configure(
-            connection=connection, target_metadata=target_metadata, render_as_batch=True
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=True,
+            include_name=include_name,  # the search index is per backend, not in the models
         )
         with context.begin_transaction():
             context.run_migrations()

@@ -1,0 +1,134 @@
+"""/sessions/<id>/recording: play (with range requests, so a player can seek) or delete a
+call's recorded audio. The files and their layout are service/recordings/'s."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import gevent
+from flask import Blueprint, current_app, jsonify, send_file
+from spectree import Response as Resp
+
+from service.api.errors import ApiError
+from service.api.schemas import ErrorBody, RecordingDeleted, RecordingQuery
+from service.api.spec import spec
+from service.node import Node
+from service.recordings import (
+    BadCallId,
+    RecordingFile,
+    check_call_id,
+    delete_recordings,
+    list_recordings,
+    trim_torn_tail,
+)
+from service.recordings.mix import MixError, stereo
+
+T = TypeVar("T")
+bp = Blueprint("recordings", __name__)
+TAG = "sessions"
+
+
+def _node() -> Node:
+    return current_app.extensions["intellimeet.node"]
+
+
+def _blocking(fn: Callable[..., T], *args: Any) -> T:
+    """File work (scans, trims, removals, ffmpeg) off the hub, on gevent's thread pool."""
+    result: T = gevent.get_hub().threadpool.apply(fn, args)
+    return result
+
+
+def _recorded_call(call_id: str) -> tuple[Path, bool]:
+    """The recordings folder for a call that exists and whose audio was not deleted, and
+    whether the call is live; 404 otherwise. The id is checked before it names a path."""
+    node = _node()
+    try:
+        check_call_id(call_id)
+    except BadCallId:
+        raise ApiError(404, "not_found", f"no session {call_id}") from None
+    live = node.registry.get(call_id)
+    call = node.store.get_call(call_id) if live is None else None
+    if live is None and call is None:
+        raise ApiError(404, "not_found", f"no session {call_id}")
+    deleted = live.recording_deleted_at if live is not None else None
+    if deleted is None and call is not None and call.recording_deleted_at is not None:
+        deleted = call.recording_deleted_at.timestamp()
+    if deleted is not None:
+        raise ApiError(404, "recording_deleted", f"the recording of {call_id} was deleted")
+    return node.settings.recordings_dir, live is not None
+
+
+def _playable(root: Path, call_id: str, speaker: str, live: bool) -> Path:
+    files: dict[str, RecordingFile] = {
+        r.speaker: r for r in _blocking(list_recordings, root, call_id)
+    }
+    if not live:  # a kill's torn last page: cut, so every reader sees a clean stream
+        for side in files.values():
+            _blocking(trim_torn_tail, side)
+    if speaker == "both":
+        try:
+            return _blocking(stereo, root, call_id, live)
+        except MixError as exc:
+            if not files:
+                raise ApiError(404, "no_recording", f"session {call_id} has no recording") from None
+            raise ApiError(503, "mix_failed", str(exc)) from None
+    recording = files.get(speaker)
+    if recording is None:
+        raise ApiError(404, "no_recording", f"session {call_id} has no {speaker} recording")
+    return recording.path
+
+
+@bp.get("/sessions/<call_id>/recording")
+@spec.validate(
+    query=RecordingQuery,
+    resp=Resp(
+        HTTP_200=(None, "Ogg Opus (`audio/ogg`)"),
+        HTTP_206=(None, "the bytes a `Range` asked for"),
+        HTTP_304=(None, "not modified (`If-None-Match`, `If-Modified-Since`)"),
+        HTTP_404=ErrorBody,
+        HTTP_503=ErrorBody,
+    ),
+    tags=[TAG],
+)
+def get_recording(call_id: str, query: RecordingQuery):
+    """The call's audio as Ogg Opus: `speaker` = local | remote | both (stereo, local
+    left). Time t in the file is time t of the transcript's segments. Range requests
+    (206) and conditional requests (ETag, 304) are answered, so a player can seek."""
+    root, live = _recorded_call(call_id)
+    path = _playable(root, call_id, query.speaker, live)
+    sent = send_file(
+        path,
+        mimetype="audio/ogg",
+        conditional=True,
+        etag=True,
+        max_age=0,
+        download_name=f"{call_id}-{query.speaker}.opus",
+    )
+    # The body as a bare iterator (read a block at a time), not a Response: spectree reads
+    # a Response's body whole to validate it (an hour of call is ~10 MB), an iterator it
+    # hands on untouched. werkzeug has already answered the Range and the conditions.
+    return sent.response, sent.status_code, sent.headers
+
+
+@bp.delete("/sessions/<call_id>/recording")
+@spec.validate(resp=Resp(HTTP_200=RecordingDeleted, HTTP_404=ErrorBody), tags=[TAG])
+def delete_recording(call_id: str):
+    """Delete the call's audio for good (a live call stops recording first); the
+    transcript stays. 404 afterwards."""
+    root, live = _recorded_call(call_id)
+    node = _node()
+    session = node.registry.get(call_id)
+    if session is not None:
+        session.stop_recording("deleted")
+    existed = _blocking(delete_recordings, root, call_id)
+    if not existed and session is None:
+        raise ApiError(404, "no_recording", f"session {call_id} has no recording")
+    now = time.time()
+    if session is not None:
+        session.recording_deleted_at = now
+    node.store.update_call(call_id, recording_deleted_at=datetime.fromtimestamp(now, UTC))
+    return jsonify({"call_id": call_id, "deleted": True, "live": live})

@@ -1,0 +1,90 @@
+"""Whether the one ASR worker can take another transcribing call: its measured headroom.
+
+Finals are the load that matters: partials are elastic (the scheduler drops them first, and
+a worker with nothing else to do fills its time with them), so a worker busy with partials
+has room, and a worker busy with finals does not. Over a sliding window the worker reports,
+per batch, the time it spent on finals and how long each final waited in the queue; the
+node is *saturated* when either
+
+- finals kept the worker busy for more than ``busy_max`` of the window (the next call's
+  finals would have to queue behind them), or
+- the window's median final waited longer than ``wait_max_s`` (they queue already).
+
+A node that admits calls only while neither holds keeps the running calls' caption latency
+(issue 15: capacity-aware admission). Listening calls that wait for a peer send nothing to
+the worker, so they count for nothing here. Nothing here knows of a model or a thread;
+time comes from an injectable clock (tests/test_headroom.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from statistics import median
+
+from service.threadhub import native_lock
+
+WINDOW_S = 20.0  # long enough to hold several utterances of every call
+BUSY_MAX = 0.8  # share of the window the worker may spend on finals
+WAIT_MAX_S = 2.0  # median queue wait of finals: past this, captions are already late
+MAX_ENTRIES = 4096  # bound: a GPU worker decodes many batches a second
+
+
+@dataclass(frozen=True)
+class Verdict:
+    saturated: bool
+    finals_busy: float  # share of the window spent decoding finals
+    finals_wait_s: float | None  # median queue wait of the window's finals; None: none
+    reason: str | None = None  # why it is saturated, for the 503's message
+
+
+class Headroom:
+    """Fed from the worker thread (`observe`), read from the hub (`verdict`): a native lock
+    guards the window."""
+
+    def __init__(
+        self,
+        window_s: float = WINDOW_S,
+        busy_max: float = BUSY_MAX,
+        wait_max_s: float = WAIT_MAX_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.window_s = window_s
+        self.busy_max = busy_max
+        self.wait_max_s = wait_max_s
+        self._clock = clock
+        self._lock = native_lock()
+        # (when the batch ended, seconds it spent on finals, the finals' queue waits)
+        self._batches: deque[tuple[float, float, tuple[float, ...]]] = deque(maxlen=MAX_ENTRIES)
+
+    def observe(self, took_s: float, batch_size: int, final_waits: list[float]) -> None:
+        """A batch of ``batch_size`` requests took ``took_s``; ``final_waits``: how long
+        each of its finals had waited. Its time is shared among its items."""
+        if batch_size <= 0:
+            return
+        finals_s = took_s * len(final_waits) / batch_size
+        with self._lock:
+            self._batches.append((self._clock(), finals_s, tuple(final_waits)))
+
+    def verdict(self) -> Verdict:
+        now = self._clock()
+        since = now - self.window_s
+        with self._lock:
+            while self._batches and self._batches[0][0] < since:
+                self._batches.popleft()
+            busy = sum(b[1] for b in self._batches)
+            waits = [w for b in self._batches for w in b[2]]
+        finals_busy = min(1.0, busy / self.window_s)
+        wait = median(waits) if waits else None
+        reason = None
+        if finals_busy > self.busy_max:
+            reason = f"finals kept the ASR worker {finals_busy:.0%} busy over {self.window_s:g} s"
+        elif wait is not None and wait > self.wait_max_s:
+            reason = f"finals wait {wait:.1f} s for the ASR worker (median)"
+        return Verdict(reason is not None, round(finals_busy, 3), wait, reason)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._batches.clear()

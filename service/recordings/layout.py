@@ -1,0 +1,138 @@
+"""Where recordings live, and what a call's recordings are: the one place that builds paths.
+
+Layout under the recordings folder (``IM_RECORDINGS_DIR``, default ``DATA/recordings``)::
+
+    <root>/<call id>/local.opus    this node's own speaker (its capture, as it sent it)
+    <root>/<call id>/remote.opus   the peer, as this node received it
+    <root>/<call id>/both.opus     stereo (local left), made on request and kept as a cache
+
+Each is an Ogg Opus file whose time t is time t of the call's transcript (segment start
+and end index into it). A file whose last page carries EOS was closed cleanly; one without
+(the node was killed, or the disk filled) is *interrupted* and readable up to its last
+whole page. Paths are built only from a call id that passed ``check_call_id`` (the node's
+own 32-hex-digit ids) and a speaker from a fixed set: nothing a user types reaches a path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from service.recordings.ogg import scan
+
+Speaker = Literal["local", "remote"]
+SPEAKERS: tuple[Speaker, ...] = ("local", "remote")
+STEREO = "both"
+SUFFIX = ".opus"
+_CALL_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as the registry makes them
+
+
+class BadCallId(ValueError):
+    """Not a call id this node could have made: never turned into a path."""
+
+
+def check_call_id(call_id: str) -> str:
+    if not isinstance(call_id, str) or not _CALL_ID.fullmatch(call_id):
+        raise BadCallId(f"not a call id: {call_id!r}")
+    return call_id
+
+
+def call_dir(root: Path, call_id: str) -> Path:
+    return Path(root) / check_call_id(call_id)
+
+
+def recording_path(root: Path, call_id: str, speaker: str) -> Path:
+    """The file of one side of a call: ``speaker`` is ``local``, ``remote`` (or ``both``,
+    the stereo mix's cache)."""
+    if speaker not in (*SPEAKERS, STEREO):
+        raise ValueError(f"speaker must be local, remote or both, got {speaker!r}")
+    return call_dir(root, call_id) / f"{speaker}{SUFFIX}"
+
+
+@dataclass(frozen=True)
+class RecordingFile:
+    """One side's recording as it is on disk now."""
+
+    speaker: Speaker
+    path: Path
+    complete: bool  # closed cleanly (EOS); False: interrupted, readable up to valid_bytes
+    size_bytes: int
+    valid_bytes: int  # whole, CRC-correct pages from the start
+    duration_s: float  # on the call's timeline
+
+    @property
+    def interrupted(self) -> bool:
+        return not self.complete
+
+
+def list_recordings(root: Path, call_id: str) -> list[RecordingFile]:
+    """The call's recordings (local first), each scanned: complete or interrupted, how
+    long. Empty when the call recorded nothing, or its recording was deleted. Reads each
+    file's pages (about 3,600 an hour): call it from a thread or an ended call's work."""
+    out = []
+    for speaker in SPEAKERS:
+        path = recording_path(root, call_id, speaker)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            continue
+        s = scan(path)
+        out.append(RecordingFile(speaker, path, s.complete, size, s.valid_bytes, s.duration_s))
+    return out
+
+
+def trim_torn_tail(recording: RecordingFile) -> bool:
+    """Cut an interrupted file back to its last whole page (a kill leaves half a page),
+    so every reader (ffmpeg, a browser) sees a clean stream. Only for a call that is no
+    longer recording. True if bytes were removed."""
+    if recording.complete or recording.valid_bytes >= recording.size_bytes:
+        return False
+    with open(recording.path, "r+b") as f:
+        f.truncate(recording.valid_bytes)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a file's creation or removal in ``path`` durable (POSIX: fsync the folder)."""
+    with contextlib.suppress(FileNotFoundError):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def delete_recordings(root: Path, call_id: str) -> bool:
+    """Remove every file of the call's recording for good, durably. True if there was any."""
+    folder = call_dir(root, call_id)
+    if not folder.exists():
+        return False
+    shutil.rmtree(folder)
+    fsync_dir(Path(root))
+    return True
+
+
+def recorded_calls(root: Path) -> list[tuple[str, float]]:
+    """(call id, newest modification time) of every call folder under ``root``; anything
+    that is not a call's folder is left alone."""
+    out = []
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        if not (entry.is_dir(follow_symlinks=False) and _CALL_ID.fullmatch(entry.name)):
+            continue
+        newest = entry.stat(follow_symlinks=False).st_mtime
+        for f in os.scandir(entry.path):
+            with contextlib.suppress(FileNotFoundError):
+                newest = max(newest, f.stat(follow_symlinks=False).st_mtime)
+        out.append((entry.name, newest))
+    return out

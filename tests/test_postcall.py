@@ -1,0 +1,402 @@
+"""The post-call pass (service/calls/postcall.py, service/asr/longform.py) with real parts:
+tiny.en decoding real dev speech from real Ogg Opus recordings, a real store, the API.
+
+In-process nodes (no live model: the pass loads its own) get a recording made here with
+ffmpeg where the recordings layout puts one (service/recordings), on the call's timeline
+(speech starting a few seconds in); node processes in a real call make their own.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import pytest
+from helpers import PROCESS_ENV, get_session, looped_clip, reference, wait_until
+from whisper.normalizers import EnglishTextNormalizer
+
+from service.api import create_app
+from service.localnodes import NodeProcess, start_call
+from service.recordings import list_recordings, recording_path
+from service.vocab import Segment, Speaker
+
+pytestmark = pytest.mark.slow
+CLIP = "en_librispeech_1995-1837-0001.wav"  # 8.7 s, three sentences
+LEAD_S = 3.0  # silence before the speech in a made recording
+
+
+def make_recording(path: Path, clip: Path, lead_s: float = LEAD_S) -> float:
+    """``clip`` as an Ogg Opus side, ``lead_s`` of silence first; its duration (s)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            *("ffmpeg", "-v", "error", "-y", "-i", str(clip)),
+            *("-af", f"adelay={int(lead_s * 1000)}", "-ac", "1"),
+            *("-c:a", "libopus", "-b:a", "24k", str(path)),
+        ],
+        check=True,
+        timeout=60,
+    )
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", path],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(probe.stdout)
+
+
+def wer(ref: str, hyp: str) -> float:
+    norm = EnglishTextNormalizer()
+    return jiwer.wer(norm(ref), norm(hyp))
+
+
+@pytest.fixture
+def node(node_factory, model_dir):
+    return node_factory(IM_MODEL_DIR=str(model_dir))
+
+
+@pytest.fixture
+def client(node):
+    return create_app(node).test_client()
+
+
+def ended_call(node, speech_dir: Path, live: list[tuple[float, float, str]]) -> tuple[str, float]:
+    """An ended call in the store with a recording of CLIP on its local side, and ``live``
+    segments (start, end, text) as its live pass left them."""
+    call_id = uuid.uuid4().hex
+    node.store.add_call(
+        id=call_id,
+        mode="dial",
+        state="ended",
+        transcribe=True,
+        frames_sent=0,
+        frames_received=0,
+        bytes_sent=0,
+        bytes_received=0,
+    )
+    for n, (start, end, text) in enumerate(live):
+        node.store.add_segment(call_id, Segment(start, end, text).numbered(Speaker.LOCAL, n))
+    path = recording_path(node.settings.recordings_dir, call_id, "local")
+    return call_id, make_recording(path, speech_dir / CLIP)
+
+
+def wait_pass(api, call_id: str, timeout: float = 180.0) -> dict:
+    """The call's latest pass once it is done or failed (a Flask client or a NodeProcess)."""
+
+    def finished():
+        p = get_session(api, call_id)["postcall"]
+        return p if p and p["state"] in ("done", "failed") else None
+
+    return wait_until(finished, timeout, "the post-call pass to finish", step=0.3)
+
+
+def test_a_pass_over_a_recording_stores_a_final_revision_with_words_inside_the_audio(
+    client, node, speech_dir
+):
+    # The live pass caught only the first sentence (2.8 s to 5.6 s into the call).
+    call_id, duration = ended_call(node, speech_dir, [(2.7, 5.6, "It was the first great sorrow")])
+    answer = client.post(f"/sessions/{call_id}/transcript/revisions", json={})
+    assert answer.status_code == 202, answer.get_json()
+    queued = answer.get_json()
+    assert queued["state"] == "pending" and queued["model"] == "tiny.en"
+    assert client.post(f"/sessions/{call_id}/transcript/revisions", json={}).status_code == 409
+
+    done = wait_pass(client, call_id)
+    assert done["state"] == "done", done
+    assert done["id"] == queued["id"] and done["progress"] == 1.0
+
+    body = client.get(f"/sessions/{call_id}/transcript").get_json()
+    assert body["revision"] == "final"  # the default, once it exists
+    segments = body["segments"]
+    assert segments and all(s["revision"] == "final" for s in segments)
+    text = " ".join(s["text"] for s in segments)
+    assert wer(reference(speech_dir, CLIP), text) <= 0.25
+    words = [w for s in segments for w in s["words"]]
+    assert len(words) >= 20
+    for s in segments:
+        for w in s["words"]:
+            assert 0.0 <= w["start"] <= w["end"] <= duration + 0.05, w
+            assert 0.0 <= w["probability"] <= 1.0
+    assert words[0]["start"] >= LEAD_S - 0.5  # the speech starts where it was recorded
+    starts = [w["start"] for w in words]
+    assert starts == sorted(starts)
+    # What the live pass never produced is marked; the sentence it caught is not.
+    assert segments[0]["live_missed"] is False
+    assert any(s["live_missed"] for s in segments[1:])
+    assert done["live_missed"] == sum(s["live_missed"] for s in segments)
+
+    live = client.get(f"/sessions/{call_id}/transcript?revision=live").get_json()
+    assert live["revision"] == "live"
+    assert [s["text"] for s in live["segments"]] == ["It was the first great sorrow"]
+    assert "words" not in live["segments"][0]
+
+    srt = client.get(f"/sessions/{call_id}/transcript?format=srt").get_data(as_text=True)
+    assert srt.count(" --> ") > len(segments) or all(len(s["text"]) <= 42 for s in segments)
+    for block in srt.strip().split("\n\n"):
+        lines = block.splitlines()[2:]
+        assert 1 <= len(lines) <= 2 and all(len(line) <= 42 for line in lines), block
+
+    # Another pass replaces the final revision (one transaction), never adds to it.
+    again = client.post(f"/sessions/{call_id}/transcript/revisions", json={})
+    assert again.status_code == 202
+    assert wait_pass(client, call_id)["id"] == again.get_json()["id"]
+    after = client.get(f"/sessions/{call_id}/transcript").get_json()["segments"]
+    assert [s["text"] for s in after] == [s["text"] for s in segments]
+
+
+def test_revision_parameter_and_the_errors_of_the_revisions_endpoint(client, node, speech_dir):
+    unknown = uuid.uuid4().hex
+    assert client.post(f"/sessions/{unknown}/transcript/revisions", json={}).status_code == 404
+    call_id, _ = ended_call(node, speech_dir, [(2.7, 5.6, "It was the first great sorrow")])
+    # Before any pass the default is the live revision; a final one is empty.
+    assert client.get(f"/sessions/{call_id}/transcript").get_json()["revision"] == "live"
+    final = client.get(f"/sessions/{call_id}/transcript?revision=final").get_json()
+    assert final["revision"] == "final" and final["segments"] == []
+    bad = client.get(f"/sessions/{call_id}/transcript?revision=draft")
+    assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "invalid_request"
+    # A call without a recording on this node has nothing to pass over.
+    recording_path(node.settings.recordings_dir, call_id, "local").unlink()
+    none = client.post(f"/sessions/{call_id}/transcript/revisions", json={})
+    assert none.status_code == 409 and none.get_json()["error"]["code"] == "no_recording"
+    assert client.get(f"/sessions/{call_id}").get_json()["postcall"] is None
+
+
+def read_feed(client, call_id: str, query: str) -> list[tuple[str, dict]]:
+    """Every event of the call's feed, until the server ends it (on this thread: the node's
+    greenlets and the pass run while it waits)."""
+    feed = client.get(f"/sessions/{call_id}/events{query}", buffered=False)
+    events = []
+    for chunk in feed.response:
+        for block in chunk.decode().split("\n\n"):
+            lines = [line for line in block.splitlines() if ": " in line and line[0] != ":"]
+            fields = dict(line.split(": ", 1) for line in lines)
+            if "event" in fields:
+                events.append((fields["event"], json.loads(fields["data"])))
+    feed.close()
+    return events
+
+
+def test_the_live_feed_of_an_ended_call_waits_for_its_pass_and_sends_a_revision_event(
+    client, node, speech_dir
+):
+    call_id, _ = ended_call(node, speech_dir, [])
+    assert client.post(f"/sessions/{call_id}/transcript/revisions", json={}).status_code == 202
+    # Asked for (revision=true), the feed stays open for the pass; otherwise it ends as ever.
+    assert [k for k, _ in read_feed(client, call_id, "")] == ["state"]
+    events = read_feed(client, call_id, "?revision=true")
+    kinds = [k for k, _ in events]
+    assert kinds == ["state", "revision"], events
+    revision = events[1][1]
+    assert revision["state"] == "done" and revision["call_id"] == call_id
+    assert revision["segments"] >= 2 and revision["live_missed"] == revision["segments"]
+
+
+def test_a_silent_side_gets_no_invented_words_in_the_final_revision(client, node, speech_dir):
+    # tiny.en's long-form decoding says "you" three times in these 65 s of silence; the
+    # VAD hears no speech under them, so the final revision keeps none.
+    call_id, _ = ended_call(node, speech_dir, [])
+    silent = recording_path(node.settings.recordings_dir, call_id, "remote")
+    subprocess.run(
+        [
+            *("ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "anullsrc=r=48000:cl=mono"),
+            *("-t", "65", "-c:a", "libopus", "-b:a", "24k", str(silent)),
+        ],
+        check=True,
+        timeout=60,
+    )
+    assert client.post(f"/sessions/{call_id}/transcript/revisions", json={}).status_code == 202
+    assert wait_pass(client, call_id)["state"] == "done"
+    segments = client.get(f"/sessions/{call_id}/transcript").get_json()["segments"]
+    assert {s["speaker"] for s in segments} == {"local"}, [s["text"] for s in segments]
+
+
+def test_speech_that_no_segment_covers_is_found_by_the_vad(speech_dir):
+    from service.asr.longform import LongSegment, speech_spans, uncovered
+    from service.asr.vad import make_vad
+    from service.audio.wavfile import read_wav
+
+    clip = read_wav(speech_dir / "en_arctic_prompts_cathy_b0006.wav").astype("float32") / 32768
+    quiet = np.zeros(3 * 16_000, dtype="float32")
+    audio = np.concatenate([quiet, clip, quiet, clip, quiet])  # speech at 3-6 s and 9-12 s
+    spans = speech_spans(audio, make_vad("silero"))
+    assert len(spans) == 2, spans
+    second = 3 + len(clip) / 16_000 + 3
+    assert abs(spans[0][0] - 3) < 0.5 and abs(spans[1][0] - second) < 0.5, spans
+    # A decode that jumped over the second sentence left it uncovered: that is what the
+    # pass decodes again on its own.
+    first_only = [LongSegment(spans[0][0], spans[0][1], "He seized", [], "en", None, None, None)]
+    assert uncovered(spans, first_only) == [spans[1]]
+    assert uncovered(spans, []) == spans
+    both = [*first_only, LongSegment(spans[1][0], spans[1][1], "He", [], "en", None, None, None)]
+    assert uncovered(spans, both) == []
+
+
+# --- node processes ------------------------------------------------------------------------
+
+DB = "intellimeet.db"
+
+
+def pass_rows(db: Path) -> list[tuple[int, str, str]]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        rows = conn.execute("SELECT id, call_id, state FROM transcript_passes").fetchall()
+    conn.close()
+    return rows
+
+
+@contextmanager
+def dialing(tmp_path: Path, model_dir: Path, speech: Path) -> Iterator[tuple[NodeProcess, str]]:
+    """Node processes A (SQLite, read here too) and B in a call: B listens silent, A dials
+    and plays ``speech``; A and A's call id. A is killed at the end, B stopped."""
+    env = {**PROCESS_ENV, "IM_DATABASE_URL": f"sqlite:///{tmp_path / 'a' / DB}"}
+    a = NodeProcess("A", tmp_path / "a", env=env, model_dir=model_dir)
+    b = NodeProcess("B", tmp_path / "b", env=PROCESS_ENV, model_dir=model_dir)
+    try:
+        a.start()
+        b.start()
+        _, call_a = start_call(
+            b,
+            a,
+            listen={"input": "silence", "output": None},
+            dial={"input": a.media(speech), "output": None},
+        )
+        yield a, call_a["id"]
+    finally:
+        a.kill()
+        b.stop()
+
+
+def test_a_pass_cut_short_by_a_kill_is_resumed_at_restart(tmp_path, model_dir, speech_dir):
+    with dialing(tmp_path, model_dir, speech_dir / CLIP) as (a, a_id):
+        wait_until(
+            lambda: a.call("GET", f"/sessions/{a_id}")["stats"]["input"]["ended"],
+            60,
+            "A's clip to be played",
+        )
+        ended = a.call("DELETE", f"/sessions/{a_id}")
+        assert ended["state"] == "ended"
+        # Frozen at once, its pass is queued or under way, and nothing of it is stored.
+        a.freeze()
+        rows = pass_rows(a.data_dir / DB)
+        assert [(c, s in ("pending", "running")) for _, c, s in rows] == [(a_id, True)], rows
+        a.kill()
+        a.start()
+        done = wait_pass(a, a_id)
+        assert done["state"] == "done", done
+        assert done["id"] == rows[0][0]  # the same pass, resumed: not a new one
+        final = a.call("GET", f"/sessions/{a_id}/transcript")
+        assert final["revision"] == "final"
+        text = " ".join(s["text"] for s in final["segments"] if s["speaker"] == "local")
+        assert wer(reference(speech_dir, CLIP), text) <= 0.25
+
+
+def test_a_call_interrupted_by_a_kill_gets_its_pass_at_restart_from_its_recording(
+    tmp_path, model_dir
+):
+    speech = looped_clip(tmp_path / "jfk-x3.wav", 3)  # 33 s: still talking at the kill
+    with dialing(tmp_path, model_dir, speech) as (a, a_id):
+        wait_until(
+            lambda: len(a.call("GET", f"/sessions/{a_id}/transcript")["segments"]) >= 2,
+            60,
+            "A to store two live segments",
+        )
+        live = a.call("GET", f"/sessions/{a_id}")
+        assert not live["stats"]["input"]["ended"]  # the kill lands mid-speech
+        connected = datetime.fromisoformat(live["connected_at"]).timestamp()
+        a.freeze()
+        spoken_s = time.time() - connected  # how far into the call the kill came
+        a.kill()
+        a.start()
+        done = wait_pass(a, a_id, timeout=240)
+        assert done["state"] == "done", done
+        assert a.call("GET", f"/sessions/{a_id}")["state"] == "interrupted"
+        final = a.call("GET", f"/sessions/{a_id}/transcript?revision=final")["segments"]
+        stored_live = a.call("GET", f"/sessions/{a_id}/transcript?revision=live")["segments"]
+        local = [s for s in final if s["speaker"] == "local"]
+        last_word = max(w["end"] for s in local for w in s["words"])
+        # The final revision holds what the recording kept (all but its last moments
+        # before the kill: service/recordings) up to its end, and no less than the live
+        # pass had stored by then.
+        (recorded,) = [
+            r for r in list_recordings(a.data_dir / "recordings", a_id) if r.speaker == "local"
+        ]
+        assert recorded.interrupted
+        print(f"kill at {spoken_s:.1f} s, recorded {recorded.duration_s:.1f} s,", end=" ")
+        print(f"last final word ends at {last_word:.1f} s")
+        assert recorded.duration_s - 1.5 <= last_word <= recorded.duration_s + 0.1
+        assert sum(len(s["text"]) for s in local) >= sum(len(s["text"]) for s in stored_live)
+
+
+# --- the store ------------------------------------------------------------------------------
+
+
+def test_migration_0008_keeps_the_live_transcript_and_the_search_index_over_both_revisions(
+    database_url,
+):
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    from service.store import search
+    from service.store.db import Store, alembic_config, parse_url, upgrade
+
+    upgrade(database_url, "0007")
+    engine = create_engine(parse_url(database_url))
+    with engine.begin() as conn:  # as a node before 0008 wrote them
+        conn.execute(
+            text(
+                "INSERT INTO calls (id, mode, state, transcribe, created_at, frames_sent, "
+                "frames_received, bytes_sent, bytes_received) VALUES "
+                "('c1', 'dial', 'ended', true, CURRENT_TIMESTAMP, 0, 0, 0, 0)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO segments (call_id, speaker, number, start_s, end_s, text, "
+                "created_at) VALUES ('c1', 'local', 0, 1.0, 2.0, 'Gregson held a match', "
+                "CURRENT_TIMESTAMP)"
+            )
+        )
+    engine.dispose()
+    upgrade(database_url)
+    store = Store(database_url)
+    try:
+        (live,) = store.segments("c1")
+        assert (live.revision, live.live_missed, live.words) == ("live", False, None)
+        row = store.add_pass("c1", "tiny.en")
+        assert row is not None and store.add_pass("c1", "tiny.en") is None  # one at a time
+        final = {
+            "speaker": "local",
+            "number": 0,  # the live segment's number too: numbers are per revision
+            "start_s": 1.0,
+            "end_s": 2.2,
+            "text": "Gregson held a lighted match",
+            "words": [{"word": " Gregson", "start": 1.0, "end": 1.4, "probability": 0.9}],
+            "live_missed": False,
+        }
+        store.store_revision(row.id, "c1", "final", [final])
+        assert [s.text for s in store.segments("c1", revision="final")] == [final["text"]]
+        hits = store.search(search.parse("gregson"), search.Filters(), 10, 0)
+        assert sorted(h.revision for h in hits) == ["final", "live"]
+        lighted = store.search(search.parse("lighted"), search.Filters(), 10, 0)
+        assert [h.revision for h in lighted] == ["final"]
+    finally:
+        store.engine.dispose()
+    command.downgrade(alembic_config(database_url), "0007")
+    upgrade(database_url)  # and back: the final revision went with the downgrade
+    store = Store(database_url)
+    try:
+        assert [s.revision for s in store.segments("c1")] == ["live"]
+        assert store.segments("c1", revision="final") == []
+        hits = store.search(search.parse("gregson"), search.Filters(), 10, 0)
+        assert [h.revision for h in hits] == ["live"]
+    finally:
+        store.engine.dispose()
