@@ -30,26 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_asr import DEFAULT_MANIFEST, SimCall, layout, load_clips, pct  # noqa: E402
+from bench_asr import DEFAULT_MANIFEST, SimCall, attach_stream, layout, load_clips, pct  # noqa: E402
 
 from service.asr.engine import AsrEngine  # noqa: E402
 from service.asr.headroom import BUSY_MAX, WAIT_MAX_S  # noqa: E402
 from service.asr.segmenter import SegmenterConfig  # noqa: E402
-from service.asr.stream import StreamTranscriber  # noqa: E402
 from service.frames import FRAME_SAMPLES, SAMPLE_RATE  # noqa: E402
-from service.vocab import Task  # noqa: E402
-
-
-def stream_for(call: SimCall, engine: AsrEngine, config: SegmenterConfig) -> StreamTranscriber:
-    return StreamTranscriber(
-        engine,
-        config,
-        on_final=call.final,
-        on_partial=call.partial,
-        task=Task.TRANSCRIBE,
-        label=f"sim call {call.index}",
-        on_utterance=call.ended,
-    )
 
 
 def talk(call: SimCall, until: float) -> None:
@@ -128,7 +114,7 @@ def main() -> int:
         if k == args.max_calls:
             break
         call = SimCall(k, layout(clips, k * 7, None))
-        call.stream = stream_for(call, engine, config)
+        attach_stream(call, engine, config, f"sim call {call.index}")
         calls.append(call)
         talkers.append(gevent.spawn(talk, call, horizon))
         gevent.sleep(args.stagger_s)

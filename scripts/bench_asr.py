@@ -162,6 +162,36 @@ def scores(pairs: list[tuple[str, str, str]]) -> tuple[float, float]:
     return jiwer.wer(refs, hyps), jiwer.cer(refs, hyps)
 
 
+def attach_stream(
+    call: SimCall,
+    engine: AsrEngine,
+    config: SegmenterConfig,
+    label: str,
+    args: argparse.Namespace | None = None,
+) -> StreamTranscriber:
+    """Give `call` the stream a call's speaker gets, reporting into `call`'s records;
+    `args`: this script's options (language, partial interval, prompt), else the node's
+    defaults."""
+    options: dict[str, Any] = {}
+    if args is not None:
+        options = {
+            "language": args.language,
+            "partial_interval_s": args.partial_interval_s,
+            "prompt_chars": args.prompt_chars,
+        }
+    call.stream = StreamTranscriber(
+        engine,
+        config,
+        on_final=call.final,
+        on_partial=call.partial,
+        task=Task.TRANSCRIBE,
+        label=label,
+        on_utterance=call.ended,
+        **options,
+    )
+    return call.stream
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -217,18 +247,7 @@ def run(
 ) -> dict[str, Any]:
     calls = [SimCall(i, layout(clips, i * 7, args.max_audio_s)) for i in range(n)]
     for call in calls:
-        call.stream = StreamTranscriber(
-            engine,
-            config,
-            on_final=call.final,
-            on_partial=call.partial,
-            language=args.language,
-            task=Task.TRANSCRIBE,
-            partial_interval_s=args.partial_interval_s,
-            label=f"sim call {call.index}",
-            prompt_chars=args.prompt_chars,
-            on_utterance=call.ended,
-        )
+        attach_stream(call, engine, config, f"sim call {call.index}", args)
     engine.reset_stats()
     t0 = time.monotonic() + 0.1
     started = time.monotonic()
@@ -410,18 +429,7 @@ def silence(engine: AsrEngine, args: argparse.Namespace, config: SegmenterConfig
             continue
         pcm = np.clip(np.round(make()), -32768, 32767).astype(np.int16)
         call = SimCall(0, [])
-        call.stream = StreamTranscriber(
-            engine,
-            config,
-            on_final=call.final,
-            on_partial=call.partial,
-            language=args.language,
-            task=Task.TRANSCRIBE,
-            partial_interval_s=args.partial_interval_s,
-            label=f"noise {name}",
-            prompt_chars=args.prompt_chars,
-            on_utterance=call.ended,
-        )
+        attach_stream(call, engine, config, f"noise {name}", args)
         engine.reset_stats()
         feed(call.stream, pcm, speed)
         call.stream.idle.wait(300)
