@@ -141,7 +141,8 @@ def transcript(call_id: str, query: TranscriptQuery):
     JSON: `{"call_id", "state", "revision", "segments": [{"id", "speaker", "start", "end",
     "text", "language", "avg_logprob", "no_speech_prob", "compression_ratio", "created_at",
     "revision"}], "next_cursor"}`; a final segment also has `live_missed` (the live pass
-    never produced it) and `words` (`[{"word", "start", "end", "probability"}]`), and its
+    never produced it), `from_live` (kept from the live pass: the recording had lost that
+    audio) and `words` (`[{"word", "start", "end", "probability"}]`), and its
     SRT and WebVTT cues follow the words (two lines of 42 characters, 1 to 7 s).
     Polling: pass `since=<next_cursor>` to get only the segments stored since (segment ids
     grow in commit order, so nothing is skipped or repeated); `next_cursor` is the highest

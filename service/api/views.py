@@ -180,8 +180,9 @@ def _quality(session: CallSession) -> dict[str, Any] | None:
 
 def segment(row: SegmentRow) -> dict[str, Any]:
     """A stored segment in the transcript's JSON; one of the final revision also has its
-    words and whether the live pass missed it."""
-    extra = {"live_missed": row.live_missed, "words": row.words or []}
+    words, whether the live pass missed it, and whether it is the live pass's own (kept
+    where the recording had lost the audio)."""
+    extra = {"live_missed": row.live_missed, "from_live": row.from_live, "words": row.words or []}
     return {
         "id": row.id,
         "speaker": row.speaker,

@@ -9,6 +9,12 @@ model) decodes each side with Whisper's own long-form decoding and word timestam
 the result replaces the call's final revision in one transaction. A final segment that
 no live segment of its speaker overlaps in time is marked ``live_missed``.
 
+Never less than the live pass: a kill leaves a recording that ends a second or two before
+the call did (service/recordings writes a page about every second), and the live pass may
+already have stored words from that last stretch. From the first live segment that runs
+past the recording's end, the final revision keeps the live segments as they were
+(``from_live``, without word timings) and the pass's words up to that point only.
+
 Durable: a pass is a row (``transcript_passes``) before any work starts, so a node killed
 mid-pass resumes it at its next start, and a call the kill interrupted gets its pass then,
 from what its recording holds. Passes run one at a time, oldest first, in one greenlet;
@@ -19,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +43,7 @@ if TYPE_CHECKING:
     from service.asr.longform import LongFormTranscriber
     from service.config import Settings
     from service.store.db import Store
-    from service.store.models import TranscriptPass
+    from service.store.models import SegmentRow, TranscriptPass
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,9 @@ IDLE_WAIT_S = 30.0  # an idle pass loop looks at the store this often (a wake co
 PROGRESS_EVERY_S = 1.0  # at most one progress write this often
 DECODE_TIMEOUT_S = 600.0  # ffmpeg decoding one side (hours of Opus take seconds)
 RETRY_AFTER_FAILURE_S = 5.0  # the loop's pause after a store failure, before looking again
+# Live audio past a recording's end by less than this is taken to be in it: an Ogg page is
+# 20 ms, and live segment times are rounded to frames.
+RECORDED_SLACK_S = 0.1
 
 
 def recorded_sides(settings: Settings, call_id: str) -> list[RecordingFile]:
@@ -225,9 +234,53 @@ class PostCall:
                 trim_torn_tail(side)  # the call is over: nothing writes this file any more
             audio = decode_audio(side.path)
             segments = self.transcriber.transcribe(audio, call.language, task, progress)
-            spans = [(s.start_s, s.end_s) for s in live if s.speaker == side.speaker]
-            out.extend(_rows(Speaker(side.speaker), segments, spans, task))
+            mine = [s for s in live if s.speaker == side.speaker]
+            spans = [(s.start_s, s.end_s) for s in mine]
+            tail = [s for s in mine if s.end_s > side.duration_s + RECORDED_SLACK_S]
+            cut = min((s.start_s for s in tail), default=None)
+            if cut is not None:  # the recording lost audio that the live pass transcribed
+                tail = [s for s in mine if s.start_s >= cut]
+                segments = until(segments, cut)
+            rows = _rows(Speaker(side.speaker), segments, spans, task)
+            out.extend(rows + _carried(tail, len(rows)))
         return out
+
+
+def until(segments: list[LongSegment], cut: float) -> list[LongSegment]:
+    """The pass's segments cut at ``cut`` seconds: a segment that runs past it keeps the
+    words that end by then (its text made of them), and nothing after it is kept."""
+    out = []
+    for s in segments:
+        if s.end <= cut:
+            out.append(s)
+        elif s.start < cut:
+            words = [w for w in s.words if w["end"] <= cut]
+            if words:
+                text = "".join(w["word"] for w in words).strip()
+                out.append(replace(s, end=words[-1]["end"], text=text, words=words))
+    return out
+
+
+def _carried(live: list[SegmentRow], first: int) -> list[dict[str, Any]]:
+    """Live segments kept as they were in the final revision, numbered from ``first``."""
+    return [
+        {
+            "speaker": s.speaker,
+            "number": first + i,
+            "start_s": s.start_s,
+            "end_s": s.end_s,
+            "text": s.text,
+            "language": s.language,
+            "task": s.task,
+            "avg_logprob": s.avg_logprob,
+            "no_speech_prob": s.no_speech_prob,
+            "compression_ratio": s.compression_ratio,
+            "words": None,
+            "live_missed": False,
+            "from_live": True,
+        }
+        for i, s in enumerate(live)
+    ]
 
 
 def _rows(
@@ -249,6 +302,7 @@ def _rows(
             "compression_ratio": s.compression_ratio,
             "words": s.words,
             "live_missed": not overlaps_live(s, live),
+            "from_live": False,
         }
         for number, s in enumerate(kept)
     ]

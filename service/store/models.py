@@ -135,6 +135,9 @@ class SegmentRow(Base):
     # with its words and whether the live pass never produced the segment.
     revision: Mapped[str] = mapped_column(String(8), default="live", server_default="live")
     live_missed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # A final segment the live pass made, kept where the recording ends before the call did
+    # (a kill: migration 0011): it has no word timings.
+    from_live: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     words: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
     call: Mapped[Call] = relationship(back_populates="segments")
