@@ -100,7 +100,8 @@ def main() -> int:
         verdict = engine.headroom()
         t = time.monotonic() - start
         state = (
-            f"finals busy {verdict.finals_busy:.0%}, median wait "
+            f"finals busy {verdict.finals_busy:.0%} of {verdict.streams} streams, "
+            f"{verdict.projected_busy:.0%} with one more, median wait "
             f"{'-' if verdict.finals_wait_s is None else f'{verdict.finals_wait_s:.2f} s'}"
         )
         if verdict.saturated and refused_at is None:

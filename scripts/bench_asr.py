@@ -430,16 +430,18 @@ def silence(engine: AsrEngine, args: argparse.Namespace, config: SegmenterConfig
         pcm = np.clip(np.round(make()), -32768, 32767).astype(np.int16)
         call = SimCall(0, [])
         attach_stream(call, engine, config, f"noise {name}", args)
+        stream = call.stream
+        assert stream is not None
         engine.reset_stats()
-        feed(call.stream, pcm, speed)
-        call.stream.idle.wait(300)
+        feed(stream, pcm, speed)
+        stream.idle.wait(300)
         stats = engine.stats
         words = call.partial_words + sum(len(f.text.split()) for f in call.finals)
         total += words
         print(
             f"{name:<16} {args.silence:>4g} {len(call.speech_end_s):>5} "
             f"{int(stats['finals'] + stats['partials']):>7} "
-            f"{call.stream.finals_dropped:>7} {words:>5}",
+            f"{stream.finals_dropped:>7} {words:>5}",
             flush=True,
         )
     print(

@@ -23,6 +23,13 @@ backlog, printed), hangs up (half the calls from each side) and then counts:
   untranscribed at hang-up, live-feed listeners cut off, connections turned away, audio
   frames dropped), read before the nodes stop.
 
+With ``--final`` the soak then waits for every call's post-call pass on both nodes and
+checks the transcript of record against the speech itself: each utterance of each side's
+microphone input (the stretches the VAD finds in it, as the pass's own check finds them)
+must be covered by a segment of some final revision (the speaker's own node, or the
+peer's). An overloaded run drops utterances from the live pass on purpose (the ASR queue
+fills, the hang-up drain ends), so there the drop counters are printed, not failed on.
+
 Exit status 0 when nothing was lost and nothing went wrong, 1 otherwise.
 """
 
@@ -47,6 +54,8 @@ import numpy as np
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.asr.longform import speech_in, speech_spans
+from service.asr.vad import make_vad
 from service.audio.wavfile import read_wav
 from service.frames import SAMPLE_RATE
 from service.localnodes import NodeError, NodeProcess
@@ -55,6 +64,10 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SAMPLE_EVERY_S = 2.0
 FLAT_TOLERANCE = 0.10  # RSS may wander this much after warm-up and still count as flat
+# --final: an utterance counts as kept when final segments cover this share of it, within
+# this shift (a file microphone starts when the call connects, a frame or so off t=0).
+COVERED_SHARE = 0.5
+SHIFT_S = 0.3
 # The drop counters of GET /metrics (docs/operating.md#metrics) the account reports; the
 # first two fail the soak.
 DROP_COUNTERS = {
@@ -122,6 +135,22 @@ def build_input(clips: list[np.ndarray], seconds: float, seed: int, out: Path) -
     return out
 
 
+def side_spans(
+    views: dict[tuple[str, str], list[dict[str, Any]]], speaker: str, peer: str, rev: str
+) -> list[tuple[float, float]]:
+    """(start, end) of one side's segments in revision ``rev`` on both nodes: the
+    speaker's node has them as ``local``, the peer's as ``remote``."""
+    own = [s for s in views[(speaker, rev)] if s["speaker"] == "local"]
+    heard = [s for s in views[(peer, rev)] if s["speaker"] == "remote"]
+    return [(s["start"], s["end"]) for s in own + heard]
+
+
+def covered(a: float, b: float, segments: list[tuple[float, float]]) -> bool:
+    """Whether segments cover COVERED_SHARE of the utterance a..b, within SHIFT_S."""
+    need = COVERED_SHARE * (b - a)
+    return any(speech_in(a + d, b + d, segments) >= need for d in (-SHIFT_S, 0.0, SHIFT_S))
+
+
 # -- bookkeeping ----------------------------------------------------------------------------
 
 
@@ -131,6 +160,8 @@ class Call:
     a_id: str = ""  # A listens
     b_id: str = ""  # B dials
     hung_up_by: str = ""  # "A" or "B"
+    a_input: Path | None = None  # what A's microphone played
+    b_input: Path | None = None
 
 
 @dataclass
@@ -234,6 +265,7 @@ class Soak:
                 },
             )
             call.a_id, call.b_id = listen["id"], dial["id"]
+            call.a_input, call.b_input = a_in, b_in
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             states = self.states()
@@ -362,8 +394,11 @@ class Soak:
                     in_flight.append(sent - got)
             if self.args.no_transcribe:
                 continue
-            ta = self.request(self.a, "GET", f"/sessions/{call.a_id}/transcript")["segments"]
-            tb = self.request(self.b, "GET", f"/sessions/{call.b_id}/transcript")["segments"]
+            # The live revision: once a call's post-call pass is done, its transcript's
+            # default is the final one, which each node makes on its own.
+            live = "transcript?revision=live"
+            ta = self.request(self.a, "GET", f"/sessions/{call.a_id}/{live}")["segments"]
+            tb = self.request(self.b, "GET", f"/sessions/{call.b_id}/{live}")["segments"]
             for speaker_segs, peer_segs, name in ((ta, tb, "A"), (tb, ta, "B")):
                 mine = [s for s in speaker_segs if s["speaker"] == "local"]
                 theirs = [s for s in peer_segs if s["speaker"] == "remote"]
@@ -438,10 +473,70 @@ class Soak:
         ok &= self.seen.api_timeouts == 0
         ok &= not self.seen.early_ends and not failed_calls
         ok &= not any(errors.values())
-        ok &= drops["utterances dropped (ASR queue full)"] == 0
-        ok &= drops["calls ended with utterances untranscribed"] == 0
+        if not self.args.final:  # with --final the transcript of record is the measure
+            ok &= drops["utterances dropped (ASR queue full)"] == 0
+            ok &= drops["calls ended with utterances untranscribed"] == 0
         print("PASS" if ok else "FAIL")
         return ok
+
+    def final_account(self) -> bool:
+        """--final: wait for both nodes' post-call passes, then count each side's
+        utterances (the VAD's stretches of its input) against the final revisions."""
+        t0 = time.monotonic()
+        for node, ids in (
+            (self.a, [c.a_id for c in self.calls]),
+            (self.b, [c.b_id for c in self.calls]),
+        ):
+            for cid in ids:
+                if not self.wait_pass(node, cid, t0 + self.args.final_timeout):
+                    return False
+        waited = time.monotonic() - t0
+        print(f"\n== transcript of record ==\npost-call passes done {waited:.0f} s after")
+        spans_of: dict[Path, list[tuple[float, float]]] = {}
+        total = kept = live_kept = 0
+        missed: list[str] = []
+        for call in self.calls:
+            views = {
+                (name, rev): self.request(
+                    node, "GET", f"/sessions/{cid}/transcript?revision={rev}"
+                )["segments"]
+                for name, node, cid in (("A", self.a, call.a_id), ("B", self.b, call.b_id))
+                for rev in ("live", "final")
+            }
+            for speaker, peer, wav in (("A", "B", call.a_input), ("B", "A", call.b_input)):
+                assert wav is not None
+                if wav not in spans_of:
+                    audio = read_wav(wav).astype(np.float32) / 32768.0
+                    spans_of[wav] = speech_spans(audio, make_vad("silero"))
+                final = side_spans(views, speaker, peer, "final")
+                live = side_spans(views, speaker, peer, "live")
+                for a, b in spans_of[wav]:
+                    total += 1
+                    live_kept += covered(a, b, live)
+                    if covered(a, b, final):
+                        kept += 1
+                    else:
+                        missed.append(f"call {call.index} {speaker} {a:.1f}-{b:.1f} s")
+        print(
+            f"utterances of the inputs (VAD): {total}; in a final revision: {kept}; "
+            f"in the live revision: {live_kept}; missing from every final revision: "
+            f"{total - kept} {missed[:10]}"
+        )
+        ok = total > 0 and kept == total
+        print("PASS" if ok else "FAIL")
+        return ok
+
+    def wait_pass(self, node: NodeProcess, call_id: str, deadline: float) -> bool:
+        while True:
+            p = self.request(node, "GET", f"/sessions/{call_id}", timeout=60)["postcall"]
+            if p and p["state"] in ("done", "failed"):
+                if p["state"] == "failed":
+                    print(f"{node.name} {call_id}: pass failed: {p['error']}")
+                return p["state"] == "done"
+            if time.monotonic() > deadline:
+                print(f"{node.name} {call_id}: no finished pass in time: {p}")
+                return False
+            time.sleep(2.0)
 
     def stop(self) -> None:
         for node in self.nodes.values():
@@ -471,6 +566,15 @@ def main() -> int:
         help="longest wait for the ASR backlog after the speech ends, then hang up "
         "(default 600 s; 1: hang up a second after the speech, the backlog still pending)",
     )
+    parser.add_argument(
+        "--final",
+        action="store_true",
+        help="then wait for the post-call passes and count the inputs' utterances against "
+        "the final revisions (the transcript of record)",
+    )
+    parser.add_argument(
+        "--final-timeout", type=float, default=1800.0, help="longest wait for the passes (s)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the nodes' data directory")
     args = parser.parse_args()
     if args.calls < 1 or args.minutes <= 0:
@@ -486,6 +590,8 @@ def main() -> int:
         print(f"speech over; ASR backlog drained in {drained:.1f} s")
         soak.hang_up()
         ok = soak.report(drained)
+        if args.final:
+            ok = soak.final_account() and ok
     except (NodeError, requests.RequestException, KeyboardInterrupt) as exc:
         print(f"soak aborted: {exc}", file=sys.stderr)
         for node in soak.nodes.values():

@@ -208,8 +208,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     ),
     "asr_admit_busy": (
         "IM_ASR_ADMIT_BUSY",
-        "... or while finals kept the ASR worker busier than this share of the last 20 s "
-        "(0.05..1; 1: only the wait counts).",
+        "... or while finals would keep the ASR worker busier than this share of the last "
+        "20 s with one more call (0.05..1; 1: only the wait counts).",
     ),
     "asr_max_batch": (
         "IM_ASR_MAX_BATCH",

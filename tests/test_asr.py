@@ -4,6 +4,7 @@ partials, finals) and the batched engine a node runs for all of its calls."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import gevent
 import jiwer
@@ -273,3 +274,27 @@ def test_translate_gives_english(base_engine, speech_dir):
     assert words and translated.text.isascii(), translated.text
     assert not words & spoken, (said.text, translated.text)
     assert translated.language == "de"  # the spoken language is kept with the English text
+
+
+def test_a_withdrawn_stream_commits_nothing_more_and_its_queue_is_not_decoded(engine):
+    # A call that ended with utterances still queued, whose recording its post-call pass
+    # will transcribe (service/calls/session.py): the worker's time goes to other calls,
+    # and the node stores nothing its peer never heard of.
+    jfk = read_wav(Path(__file__).parents[1] / "scripts/data/en_jfk_inaugural_1961.wav")
+    gap = np.zeros(16_000, dtype=np.int16)
+    pcm = np.concatenate([jfk, gap, jfk, gap, jfk, gap])  # several utterances, fed at once
+    rec = Recorder()
+    stream = StreamTranscriber(engine, SegmenterConfig(), rec.final, None, label="ended")
+    before = engine.stats["finals"]
+    for i in range(pcm.size // FRAME_SAMPLES):
+        stream.push(pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES])
+    stream.flush()
+    queued = stream.pending
+    assert queued >= 4, "the test needs a backlog"
+    withdrawn = stream.withdraw()
+    assert withdrawn >= queued - 1  # all but the one the worker may have taken already
+    assert stream.idle.wait(60)
+    gevent.sleep(0.1)
+    assert all(segments == [] for kind, _, segments, _ in rec.events if kind == "final")
+    assert len(rec.events) == queued and stream.finals_dropped == queued
+    assert engine.stats["finals"] - before <= 1  # at most the one already being decoded

@@ -56,3 +56,25 @@ def test_a_batch_shares_its_time_among_its_items() -> None:
     assert room.verdict().finals_busy == 0.2
     room.observe(1.0, 0, [])  # an empty batch counts for nothing (and does not divide by 0)
     assert room.verdict().finals_busy == 0.2
+
+
+def test_the_call_that_would_fill_the_worker_is_refused_before_it_does() -> None:
+    # Three streams' finals kept the worker 69 % busy: under the 80 % bound, but a fourth
+    # stream like them would take it to 92 % (scripts/bench_admission measured a fourth
+    # call there growing every call's p95 by 27 % a minute).
+    clock = Clock()
+    room = Headroom(window_s=20, busy_max=0.8, wait_max_s=2, clock=clock)
+    for i in range(23):
+        clock.now += 0.6
+        room.observe(0.6, 1, [0.1], [f"call {i % 3}"])
+    verdict = room.verdict()
+    assert verdict.finals_busy == 0.69 and verdict.streams == 3
+    assert verdict.projected_busy == 0.92 and verdict.saturated
+    assert "about 92% with one more" in (verdict.reason or "")
+    # Two such streams leave room for a third: 46 % now, 69 % with it.
+    room.reset()
+    for i in range(23):
+        clock.now += 0.6
+        room.observe(0.4, 1, [0.1], [f"call {i % 2}"])
+    verdict = room.verdict()
+    assert verdict.streams == 2 and not verdict.saturated, verdict

@@ -25,7 +25,7 @@ import numpy as np
 
 from service.asr import decoding
 from service.asr.headroom import BUSY_MAX, WAIT_MAX_S, Headroom, Verdict
-from service.asr.scheduler import Outcome, Request, RequestKind, Scheduler
+from service.asr.scheduler import Drop, Outcome, Request, RequestKind, Scheduler
 from service.asr.worker import Worker, WorkerTimings
 from service.metrics import FINAL_LATENCY_S, Buckets
 from service.vocab import Task
@@ -246,6 +246,14 @@ class AsrEngine:
             return False
         self._worker.wake()
         return True
+
+    def withdraw(self, stream: Any) -> int:
+        """Answer ``stream``'s queued requests as withdrawn, now (on the hub), without
+        decoding them; how many finals that was."""
+        taken = self._scheduler.withdraw(stream)
+        for r in taken:
+            r.on_done(Outcome(dropped=Drop.WITHDRAWN))
+        return sum(1 for r in taken if r.kind == RequestKind.FINAL)
 
     def decode_batch(self, batch: list[Request]) -> list[Outcome]:
         """Decode now, on the calling thread (the worker's, or a test's)."""

@@ -6,9 +6,15 @@ has room, and a worker busy with finals does not. Over a sliding window the work
 per batch, the time it spent on finals and how long each final waited in the queue; the
 node is *saturated* when either
 
-- finals kept the worker busy for more than ``busy_max`` of the window (the next call's
-  finals would have to queue behind them), or
+- finals would keep the worker busy for more than ``busy_max`` of the window with one more
+  call: the window's share spent on finals, times (n + 1) / n for the n streams whose finals
+  it decoded (the next call's finals would have to queue behind them), or
 - the window's median final waited longer than ``wait_max_s`` (they queue already).
+
+Why a projection, not the share alone: a worker's latency grows without bound once finals
+fill it, so the call that fills it is the one to refuse. Measured (scripts/bench_admission,
+tiny.en, this 2-core CPU): 3 calls kept it 75 % busy and a 4th, admitted under a bound on
+the share alone, took it to 100 %: every call's p95 then grew 27 % in the next minute.
 
 A node that admits calls only while neither holds keeps the running calls' caption latency
 (issue 15: capacity-aware admission). Listening calls that wait for a peer send nothing to
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from statistics import median
 
@@ -38,6 +44,8 @@ class Verdict:
     finals_busy: float  # share of the window spent decoding finals
     finals_wait_s: float | None  # median queue wait of the window's finals; None: none
     reason: str | None = None  # why it is saturated, for the 503's message
+    streams: int = 0  # streams whose finals the window decoded
+    projected_busy: float = 0.0  # finals_busy with one more stream like those
 
 
 class Headroom:
@@ -56,17 +64,27 @@ class Headroom:
         self.wait_max_s = wait_max_s
         self._clock = clock
         self._lock = native_lock()
-        # (when the batch ended, seconds it spent on finals, the finals' queue waits)
-        self._batches: deque[tuple[float, float, tuple[float, ...]]] = deque(maxlen=MAX_ENTRIES)
+        # (when the batch ended, seconds it spent on finals, the finals' queue waits, and
+        # the streams they came from)
+        self._batches: deque[tuple[float, float, tuple[float, ...], tuple[Hashable, ...]]] = deque(
+            maxlen=MAX_ENTRIES
+        )
 
-    def observe(self, took_s: float, batch_size: int, final_waits: list[float]) -> None:
+    def observe(
+        self,
+        took_s: float,
+        batch_size: int,
+        final_waits: list[float],
+        streams: Iterable[Hashable] = (),
+    ) -> None:
         """A batch of ``batch_size`` requests took ``took_s``; ``final_waits``: how long
-        each of its finals had waited. Its time is shared among its items."""
+        each of its finals had waited; ``streams``: whose finals they were. Its time is
+        shared among its items."""
         if batch_size <= 0:
             return
         finals_s = took_s * len(final_waits) / batch_size
         with self._lock:
-            self._batches.append((self._clock(), finals_s, tuple(final_waits)))
+            self._batches.append((self._clock(), finals_s, tuple(final_waits), tuple(streams)))
 
     def verdict(self) -> Verdict:
         now = self._clock()
@@ -76,14 +94,21 @@ class Headroom:
                 self._batches.popleft()
             busy = sum(b[1] for b in self._batches)
             waits = [w for b in self._batches for w in b[2]]
+            streams = len({s for b in self._batches for s in b[3]})
         finals_busy = min(1.0, busy / self.window_s)
+        projected = min(1.0, finals_busy * (streams + 1) / streams) if streams else finals_busy
         wait = median(waits) if waits else None
         reason = None
-        if finals_busy > self.busy_max:
-            reason = f"finals kept the ASR worker {finals_busy:.0%} busy over {self.window_s:g} s"
+        if projected > self.busy_max:
+            reason = (
+                f"finals kept the ASR worker {finals_busy:.0%} busy over {self.window_s:g} s"
+                + (f" ({streams} streams; about {projected:.0%} with one more)" if streams else "")
+            )
         elif wait is not None and wait > self.wait_max_s:
             reason = f"finals wait {wait:.1f} s for the ASR worker (median)"
-        return Verdict(reason is not None, round(finals_busy, 3), wait, reason)
+        return Verdict(
+            reason is not None, round(finals_busy, 3), wait, reason, streams, round(projected, 3)
+        )
 
     def reset(self) -> None:
         with self._lock:

@@ -4,9 +4,11 @@ low-priority OS thread that gives way to live decoding (the post-call pass's ASR
 Why a model of its own: the live worker's model is shared by every call's requests, and
 Whisper's decoding installs forward hooks on the model (its key/value cache, and the
 cross-attention capture behind word timestamps); two threads decoding one model at once
-would read each other's hooks. The pass's model is loaded on its thread at its first job
-(``IM_FINAL_MODEL``, any catalogue name, through ``weights.load_model`` and its memory
-check), so a node whose calls never end loads nothing.
+would read each other's hooks. The pass's model is loaded on its thread (``IM_FINAL_MODEL``,
+any catalogue name, through ``weights.load_model`` and its memory check) by ``prepare``, which
+the node calls at start beside the live model's load when passes run automatically, or else
+at its first job. The load and the first word-timed decode's one-off work (numba compiling
+Whisper's DTW) hold the GIL for up to a few hundred ms at a time: at start, no call hears it.
 
 Below live decoding, three ways:
 
@@ -89,6 +91,7 @@ class _Job:
     task: Task
     replies: ThreadToHub[tuple[str, Any]]
     cancelled: bool = field(default=False)
+    load_only: bool = False  # prepare(): load the model, decode nothing
 
 
 class LongFormTranscriber:
@@ -128,12 +131,22 @@ class LongFormTranscriber:
     ) -> list[LongSegment]:
         """All of ``audio`` (float32 mono 16 kHz). Waits cooperatively; ``on_progress``
         (share of the audio started, 0..1) runs on the hub. Raises LongFormError."""
+        return self._submit(_Job(audio, language, task, ThreadToHub(maxlen=4096)), on_progress)
+
+    def prepare(self) -> None:
+        """Load the model (and compile what its first word-timed decode would) now, waiting
+        cooperatively. Raises LongFormError: a model that cannot load stops the node at
+        start rather than failing every pass."""
+        job = _Job(np.zeros(0, np.float32), None, Task.TRANSCRIBE, ThreadToHub(maxlen=4))
+        job.load_only = True
+        self._submit(job, lambda _share: None)
+
+    def _submit(self, job: _Job, on_progress: Callable[[float], None]) -> list[LongSegment]:
         if self._closed:
             raise LongFormError("the node is closing")
         if not self._started:
             self._started = True
             start_native_thread(self._main)
-        job = _Job(audio, language, task, ThreadToHub(maxlen=4096))
         self._jobs.put(job)
         try:
             while True:
@@ -187,7 +200,7 @@ class LongFormTranscriber:
             try:
                 if self._model is None:
                     self._load()
-                result: tuple[str, Any] = ("done", self._run(job))
+                result: tuple[str, Any] = ("done", [] if job.load_only else self._run(job))
             except Exception as exc:  # reported on the hub; the thread carries on
                 result = ("error", f"{type(exc).__name__}: {exc}"[:500])
             _reply(job, result)
@@ -202,6 +215,13 @@ class LongFormTranscriber:
         dims = weights.model_dims(self.model_name, self._model_dir, **fetch)
         memory.check(self.model_name, dims, compute_type, device, 1)
         model = weights.load_model(self.model_name, self._model_dir, device, compute_type, **fetch)
+        if device == "cpu":
+            # Word timings align tokens to audio with a DTW that numba compiles at its first
+            # use (hundreds of ms holding the GIL): compile it here, with the load.
+            import torch
+            from whisper.timing import dtw
+
+            dtw(torch.zeros(2, 2))
         self._fp16 = compute_type == "float16"
         self._model = model
 

@@ -51,6 +51,7 @@ class Drop(StrEnum):
     SUPERSEDED = "superseded"  # a newer request of its stream took its place in the queue
     STALE = "stale"  # a partial that waited too long
     ERROR = "error"  # its batch failed to decode
+    WITHDRAWN = "withdrawn"  # its stream ended and took it back (its call's pass has the audio)
 
 
 @dataclass
@@ -189,6 +190,17 @@ class Scheduler:
     @property
     def busy_since(self) -> float | None:
         return self._busy_since
+
+    def withdraw(self, stream: Any) -> list[Request]:
+        """Take back every queued request of ``stream`` (not one being decoded), for the
+        caller to answer: a call that ended and whose recording its post-call pass will
+        transcribe frees the worker for the calls still running."""
+        with self._lock:
+            mine = [r for r in self._finals if r.stream is stream]
+            if mine:
+                self._finals = deque(r for r in self._finals if r.stream is not stream)
+            partial = self._partials.pop(stream, None)
+        return mine + ([partial] if partial is not None else [])
 
     # -- worker side --------------------------------------------------------------------
 

@@ -125,6 +125,7 @@ class StreamTranscriber:
         self._frames_at_partial = 0  # open-utterance frames covered by the last partial request
         self._partial_in_flight = False
         self._finals_pending = 0
+        self._withdrawn = False  # withdraw(): no final is committed any more
         self.idle = Event()
         self.idle.set()
         # Counters a caller may read.
@@ -159,6 +160,14 @@ class StreamTranscriber:
         utterance = self.segmenter.flush()
         if utterance is not None:
             self._submit_final(utterance)
+
+    def withdraw(self) -> int:
+        """Stop: queued finals are answered as withdrawn without a decode, and one being
+        decoded is dropped when it returns; how many finals were queued. For a call that
+        ended whose recording its post-call pass will transcribe: the worker's time goes
+        to the calls still running, and both nodes keep the same live transcript."""
+        self._withdrawn = True
+        return self.engine.withdraw(self)
 
     # -- requests -----------------------------------------------------------------------
 
@@ -217,6 +226,10 @@ class StreamTranscriber:
 
     def _final_done(self, number: int, utt: Utterance, o: Outcome, spoke: float) -> None:
         try:
+            if self._withdrawn:
+                self.finals_dropped += 1
+                self._on_final(number, [])
+                return
             if o.segment is None:
                 self.finals_dropped += 1
                 self._last_text = ""  # nothing of it was committed: nothing to repeat

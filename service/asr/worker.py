@@ -186,8 +186,9 @@ class Worker:
         self._scheduler.finished()
         self.stats.count(batch, outcomes, took)
         self.timings.count(batch, started, took)
-        waits = [started - r.queued_at for r in batch if r.kind == RequestKind.FINAL]
-        self.headroom.observe(took, len(batch), waits)
+        finals = [r for r in batch if r.kind == RequestKind.FINAL]
+        waits = [started - r.queued_at for r in finals]
+        self.headroom.observe(took, len(batch), waits, [id(r.stream) for r in finals])
         for r, o in zip(batch, outcomes, strict=True):
             o.queued_s = started - r.queued_at
             o.decode_s = took

@@ -30,3 +30,6 @@ class CallContext:
     on_end: Callable[[Any], None]  # called with the CallSession once it has ended
     # Then this, with the same session: the post-call pass queues it (calls/postcall.py).
     after_call: Callable[[Any], None] = lambda session: None
+    # Whether that pass will cover the whole call (it recorded all of it): asked as the
+    # hang-up drain ends, to leave what is still untranscribed to the pass.
+    pass_follows: Callable[[Any], bool] = lambda session: False

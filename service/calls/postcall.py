@@ -140,6 +140,18 @@ class PostCall:
     def has_recording(self, call_id: str) -> bool:
         return bool(recorded_sides(self.settings, call_id))
 
+    def pass_follows(self, session: Any) -> bool:
+        """Whether this call, ending now, gets a pass over a recording of all of it."""
+        wanted = session.transcribing or session.options.transcribe_after
+        recorder = session.recorder
+        return (
+            self.automatic
+            and wanted
+            and session.times.connected is not None
+            and recorder is not None
+            and recorder.stopped is None
+        )
+
     def call_ended(self, session: Any) -> None:
         """A call of this node ended (CallSession.end): queue its pass when it connected,
         transcribed and recorded something."""

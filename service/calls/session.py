@@ -302,9 +302,19 @@ class CallSession:
         asked_at = time.monotonic()
         self.transcript.wait_idle(deadline)
         self.untranscribed = self.transcript.pending
-        if self.untranscribed:
+        if self.untranscribed and self.ctx.pass_follows(self):
+            # The recording has them and the pass will transcribe it: decoding them now
+            # would delay the calls still running, and store on this node alone what the
+            # peer (the link closes next) never hears of.
+            self.transcript.withdraw()
+            log.info(
+                "call %s: %d utterances untranscribed at its end, left to the post-call pass",
+                self.id,
+                self.untranscribed,
+            )
+        elif self.untranscribed:
             log.warning(
-                "call %s: ended with %d utterances untranscribed", self.id, self.transcript.pending
+                "call %s: ended with %d utterances untranscribed", self.id, self.untranscribed
             )
         if link is None:
             return

@@ -109,6 +109,11 @@ class CallTranscript:
         for stream in self._streams.values():
             stream.flush()
 
+    def withdraw(self) -> int:
+        """Stop the live pass: what is still queued is never decoded, nothing more is
+        stored (the post-call pass transcribes it from the recording); how many finals."""
+        return sum(stream.withdraw() for stream in self._streams.values())
+
     def wait_idle(self, deadline: float) -> None:
         for stream in self._streams.values():
             stream.idle.wait(max(0.0, deadline - time.monotonic()))

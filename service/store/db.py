@@ -258,6 +258,12 @@ class Store:
         if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
             return search.run_in_thread(self.engine, stmt)  # off the hub (see there)
         with self.session() as s:
+            # A plan for these words, never a generic one: psycopg prepares a statement
+            # run five times, and PostgreSQL may then plan it once for any tsquery (its
+            # default estimate of a match's share), which for a phrase of common words
+            # chose a full bitmap scan, 2-3x slower (docs/benchmarks.md#search).
+            if url.get_backend_name() == "postgresql":
+                s.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
             return [search.Hit(*row) for row in s.execute(stmt)]
 
     def add_segment(self, call_id: str, segment: Segment) -> int | None:
