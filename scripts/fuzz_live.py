@@ -686,9 +686,11 @@ class LiveFuzz:
         self.attacks = attacks
         self.until = time.monotonic() + args.deadline
         models = (ROOT / "data" / "models").resolve()
-        # No post-call pass: each ended hostile call would start one, and the first pass's
-        # model load was seen to hold /healthz up for about 0.5 s (an open finding of the
-        # call-record issue, not of the wire); this measures what peers can do.
+        # No post-call pass: each ended hostile call would queue one, whose decoding then
+        # shares the target's CPU and GIL with the hub; this measures what peers can do.
+        # (With passes on, 2026-12-01, quiet machine: every attack ok, worst 94.8 ms, in
+        # flood-transcript; the pass's model now loads at start, which had held /healthz
+        # up ~0.5 s at the first pass.)
         no_pass = {"IM_POSTCALL": "0"}
         self.target = NodeProcess("target", work / "target", env=no_pass, model_dir=models)
         # Short utterances, no partials: a segment every few seconds, for little CPU.
