@@ -21,6 +21,7 @@ from sqlalchemy import event, inspect, text
 
 from service.store import search
 from service.store.db import Store, alembic_config, upgrade
+from service.store.offhub import OffHub
 from service.vocab import Segment, Speaker
 
 MARKED = re.compile(r"<mark>(.*?)</mark>")
@@ -305,10 +306,12 @@ def test_every_query_is_counted_by_outcome_for_metrics(client, node):
 
 def test_a_search_on_sqlite_waits_off_the_hub(tmp_path):
     """sqlite3 runs in its caller's thread: in the hub a search would stall every call.
-    It runs in a gevent OS thread instead, so the waiting greenlet yields to the hub."""
+    The node's store (service/store/offhub.py) runs it on an OS thread, so the waiting
+    greenlet yields to the hub."""
     from gevent.util import assert_switches
 
-    store = Store(f"sqlite:///{tmp_path / 'search.db'}")
+    threads = OffHub(Store(f"sqlite:///{tmp_path / 'search.db'}"))
+    store = threads.proxy
     try:
         store.upgrade()
         store_call(store, "c1")
@@ -317,4 +320,5 @@ def test_a_search_on_sqlite_waits_off_the_hub(tmp_path):
             found = store.search(search.parse("quiet"), search.Filters(), 10, 0)
         assert len(found) == 2
     finally:
+        threads.close()
         store.engine.dispose()

@@ -24,7 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import JFK_CLIP, PROCESS_ENV, ROOT, looped_clip, parse_metrics, wait_state, wait_until
+from helpers import (
+    JFK_CLIP,
+    PROCESS_ENV,
+    ROOT,
+    looped_clip,
+    parse_metrics,
+    store_call,
+    wait_state,
+    wait_until,
+)
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from service.config import ConfigError, load_settings
@@ -168,16 +179,7 @@ def store(database_url):
 
 
 def add_call(store: Store, call_id: str) -> None:
-    store.add_call(
-        id=call_id,
-        mode="dial",
-        state="connecting",
-        transcribe=True,
-        frames_sent=0,
-        frames_received=0,
-        bytes_sent=0,
-        bytes_received=0,
-    )
+    store_call(store, call_id, mode="dial", state="connecting")
 
 
 def final(number: int, text: str = "hello") -> Segment:
@@ -217,6 +219,22 @@ def test_an_event_is_written_exactly_when_its_row_is_committed(store):
     assert bodies[1]["data"]["id"] == first and bodies[1]["data"]["text"] == "hello"
     assert bodies[2]["data"] == outbox.revision_data("c1", "final", "live", 1, "post-call pass")
     assert bodies[3]["data"]["state"] == "ended" and bodies[3]["data"]["end_reason"] == "hangup"
+
+
+def test_each_commit_wakes_the_worker_for_its_own_events_only(store):
+    # The node's writes run on several threads at once (service/store/offhub.py): one
+    # transaction's failure, or its commit, must not take another's wake-up with it.
+    add_call(store, "c1")
+    woken: list[str] = []
+    store.outbox.wake = lambda: woken.append("wake")
+    with store.writing() as s:
+        store.announce_revision(s, "c1", "final", "live", 1, "post-call pass")
+        with pytest.raises(SQLAlchemyError), store.writing() as other:
+            other.execute(text("SELECT * FROM no_such_table"))  # another write that fails
+        assert woken == []  # not yet committed: nothing to deliver
+    assert woken == ["wake"]
+    store.update_call("c1", state="connected")  # a commit that wrote no event
+    assert woken == ["wake"]
 
 
 def test_storing_a_revision_announces_it_in_the_same_transaction(store):

@@ -208,11 +208,11 @@ class Store:
                 yield s
         except SQLAlchemyError as exc:
             self.write_error = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
-            self.outbox.written = False  # rolled back with the rest
             raise
         if clears:
             self.write_error = None
-        self.outbox.committed()
+        if self.outbox.wrote(s):
+            self.outbox.wake()
 
     def upgrade(self) -> None:
         upgrade(self.url)
@@ -254,15 +254,12 @@ class Store:
     ) -> list[search.Hit]:
         """Ranked segments matching every term (``search.parse`` makes them)."""
         stmt = search.statement(self.engine.dialect.name, terms, filters, limit, offset)
-        url = self.engine.url
-        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-            return search.run_in_thread(self.engine, stmt)  # off the hub (see there)
         with self.session() as s:
             # A plan for these words, never a generic one: psycopg prepares a statement
             # run five times, and PostgreSQL may then plan it once for any tsquery (its
             # default estimate of a match's share), which for a phrase of common words
             # chose a full bitmap scan, 2-3x slower (docs/benchmarks.md#search).
-            if url.get_backend_name() == "postgresql":
+            if self.engine.dialect.name == "postgresql":
                 s.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
             return [search.Hit(*row) for row in s.execute(stmt)]
 

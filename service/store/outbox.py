@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
     from service.vocab import Segment
 
+WROTE = "outbox_wrote"  # Session.info key: this transaction added events
 CLAIM_S = 60.0  # longer than any one try (service/webhooks/sender.py bounds a try at 30 s)
 
 CALL_STARTED = "call.started"
@@ -128,7 +129,6 @@ class Outbox:
         self._sessions = sessions  # Store.session: a transaction per use
         self.endpoints: tuple[str, ...] = ()
         self.wake: Callable[[], None] = lambda: None
-        self.written = False  # events added in a transaction not yet reported to wake
 
     # -- writing, inside the caller's transaction -----------------------------------------
 
@@ -161,13 +161,13 @@ class Outbox:
                 for endpoint in self.endpoints
             ],
         )
-        self.written = True
+        s.info[WROTE] = True  # the Store wakes the worker once this transaction commits
 
-    def committed(self) -> None:
-        """The Store's transaction committed: tell the worker, if it wrote events."""
-        if self.written:
-            self.written = False
-            self.wake()
+    @staticmethod
+    def wrote(s: Session) -> bool:
+        """Whether transaction ``s`` added events. Per transaction: the Store's writes run
+        on several threads at once, and one's commit must not report another's events."""
+        return bool(s.info.get(WROTE))
 
     # -- the worker's side ----------------------------------------------------------------
 

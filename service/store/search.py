@@ -16,23 +16,18 @@ page's rows are joined to their segment and call.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-import gevent
 from sqlalchemy import (
     ColumnElement,
-    Engine,
     FromClause,
     Select,
     bindparam,
     cast,
     column,
     func,
-    literal,
     literal_column,
     select,
     table,
@@ -54,11 +49,9 @@ from .searchtext import tsquery as tsquery
 MAX_LIMIT = 100
 MAX_RANKED = 2000  # the newest matches ranked per query (see statement)
 MAX_OFFSET = MAX_RANKED - MAX_LIMIT  # every page lies within the ranked matches
-# Transcript revisions a segment can belong to: the live one, and once segments carry a
-# `revision` column (migration 0008) the post-call pass's "final" one too. Without the
-# column every segment is live.
-_REVISION = SegmentRow.__table__.c.get("revision")
-REVISIONS = ("live", "final") if _REVISION is not None else ("live",)
+# Transcript revisions a segment can belong to (migration 0008): what the live pass caught,
+# and the post-call pass's.
+REVISIONS = ("live", "final")
 
 # Names of the search objects migrations 0005 and 0010 create besides the models' tables.
 FTS_TABLE = "segments_fts"  # SQLite: FTS5 table (and its shadow tables segments_fts_*)
@@ -119,7 +112,7 @@ def statement(
             s.call_id,
             c.node_id,
             s.speaker,
-            _REVISION if _REVISION is not None else literal("live"),
+            s.revision,
             s.start_s,
             s.end_s,
             s.text,
@@ -247,33 +240,6 @@ def filter_lexemes(filters: Filters) -> list[str]:
         "'" + f"={key}:{value}".replace("\\", "\\\\").replace("'", "''") + "'"
         for key, value in _filter_values(filters)
     ]
-
-
-def run_in_thread(engine: Engine, stmt: Select[Any]) -> list[Hit]:
-    """Run ``stmt`` on an SQLite file in one of gevent's OS threads, on a read-only
-    connection of its own, and wait for it cooperatively. A search reads thousands of index
-    entries, and sqlite3 runs in the calling thread (psycopg, in contrast, waits on its
-    socket through the hub): in the hub it would stall every call's audio meanwhile. The
-    thread touches no gevent or SQLAlchemy object: the SQL and its parameters (converted as
-    SQLAlchemy would bind them) are made here first."""
-    dialect = engine.dialect
-    compiled = stmt.compile(dialect=dialect)
-    values = compiled.construct_params()
-    params = []
-    for name in compiled.positiontup or ():
-        convert = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
-        params.append(convert(values[name]) if convert else values[name])
-    uri = Path(str(engine.url.database)).resolve().as_uri() + "?mode=ro"
-    rows = gevent.get_hub().threadpool.apply(_read_sqlite, (uri, str(compiled), params))
-    return [Hit(*row) for row in rows]
-
-
-def _read_sqlite(uri: str, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def include_name(name: str | None, type_: str, parent_names: Any) -> bool:

@@ -119,7 +119,8 @@ class Deliverer:
         self._greenlets = [gevent.spawn(self._run, lane) for lane in self.lanes.values()]
 
     def wake(self) -> None:
-        """New events are committed (called by the outbox, on the hub)."""
+        """New events are committed (called by the Store after the commit, on the thread
+        that ran it: one of its pool's, or the hub; gevent's Event.set is safe from either)."""
         for lane in self.lanes.values():
             lane.woken.set()
 
