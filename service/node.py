@@ -40,7 +40,6 @@ class Node:
         self._store_threads = OffHub(Store(settings.database_url, node_id=self.node_id))
         self.store = self._store_threads.proxy
         self._retention: gevent.Greenlet | None = None  # IM_RECORDING_RETENTION_DAYS
-        self._prepare_pass = settings.postcall and load_model  # load the pass's model at start
         self.metrics = NodeMetrics()  # this node's own registry (GET /metrics)
         endpoints = settings.webhook_endpoints
         self.webhooks: Deliverer | None = (
@@ -123,13 +122,13 @@ class Node:
             )
         # A missing VAD model should stop the node now, not fail the first call.
         make_vad(settings.vad, settings.vad_aggressiveness)
-        # The pass's model loads on its own thread beside the live one (both before the API
-        # serves: their loads hold the GIL in bursts), when passes run by themselves.
-        prepare = gevent.spawn(self.postcall.transcriber.prepare) if self._prepare_pass else None
         if self.engine is not None:
             self.engine.load()
-        if prepare is not None:
-            prepare.get()  # a LongFormError stops the start, as the live model's would
+            # The pass's model too, when passes run by themselves: before the API serves
+            # (a load holds the GIL in bursts), and after the live one, whose memory its
+            # check must see as taken. A LongFormError stops the start, as the live one's.
+            if settings.postcall:
+                self.postcall.transcriber.prepare()
         if settings.recording_retention_days > 0:
             self._retention = gevent.spawn(
                 keep_sweeping,

@@ -8,6 +8,8 @@ a gevent object: those belong to the hub's thread, and under monkey-patching eve
 - ``native_lock()`` is a real OS lock (never gevent's), for state shared with such a thread;
   hold it for bookkeeping only, never across I/O.
 - ``start_native_thread()`` starts a real OS thread even in a monkey-patched process.
+- ``off_hub()`` runs blocking work (file scans, fsyncs) on gevent's thread pool, for a
+  greenlet to wait on cooperatively.
 - ``ThreadToHub`` carries items from any thread to one greenlet: the only gevent call that is
   safe from a foreign thread is ``async_.send()``, so the producer appends to a bounded deque
   (atomic under the GIL) and pokes an async watcher; the greenlet waits on the watcher.
@@ -26,6 +28,12 @@ from gevent.event import Event
 from gevent.monkey import get_original
 
 T = TypeVar("T")
+
+
+def off_hub(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on gevent's thread pool; the calling greenlet waits, the hub does not."""
+    result: T = gevent.get_hub().threadpool.apply(fn, args)
+    return result
 
 
 def native_lock() -> Any:

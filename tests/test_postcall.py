@@ -21,7 +21,7 @@ from pathlib import Path
 import jiwer
 import numpy as np
 import pytest
-from helpers import PROCESS_ENV, get_session, looped_clip, reference, wait_until
+from helpers import PROCESS_ENV, get_session, looped_clip, reference, store_call, wait_until
 from whisper.normalizers import EnglishTextNormalizer
 
 from service.api import create_app
@@ -74,16 +74,7 @@ def ended_call(node, speech_dir: Path, live: list[tuple[float, float, str]]) -> 
     """An ended call in the store with a recording of CLIP on its local side, and ``live``
     segments (start, end, text) as its live pass left them."""
     call_id = uuid.uuid4().hex
-    node.store.add_call(
-        id=call_id,
-        mode="dial",
-        state="ended",
-        transcribe=True,
-        frames_sent=0,
-        frames_received=0,
-        bytes_sent=0,
-        bytes_received=0,
-    )
+    store_call(node.store, call_id, mode="dial", state="ended")
     for n, (start, end, text) in enumerate(live):
         node.store.add_segment(call_id, Segment(start, end, text).numbered(Speaker.LOCAL, n))
     path = recording_path(node.settings.recordings_dir, call_id, "local")

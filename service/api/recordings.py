@@ -4,12 +4,9 @@ call's recorded audio. The files and their layout are service/recordings/'s."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
 
-import gevent
 from flask import Blueprint, current_app, jsonify, send_file
 from spectree import Response as Resp
 
@@ -26,20 +23,14 @@ from service.recordings import (
     trim_torn_tail,
 )
 from service.recordings.mix import MixError, stereo
+from service.threadhub import off_hub
 
-T = TypeVar("T")
 bp = Blueprint("recordings", __name__)
 TAG = "sessions"
 
 
 def _node() -> Node:
     return current_app.extensions["intellimeet.node"]
-
-
-def _blocking(fn: Callable[..., T], *args: Any) -> T:
-    """File work (scans, trims, removals, ffmpeg) off the hub, on gevent's thread pool."""
-    result: T = gevent.get_hub().threadpool.apply(fn, args)
-    return result
 
 
 def _recorded_call(call_id: str) -> tuple[Path, bool]:
@@ -64,14 +55,14 @@ def _recorded_call(call_id: str) -> tuple[Path, bool]:
 
 def _playable(root: Path, call_id: str, speaker: str, live: bool) -> Path:
     files: dict[str, RecordingFile] = {
-        r.speaker: r for r in _blocking(list_recordings, root, call_id)
+        r.speaker: r for r in off_hub(list_recordings, root, call_id)
     }
     if not live:  # a kill's torn last page: cut, so every reader sees a clean stream
         for side in files.values():
-            _blocking(trim_torn_tail, side)
+            off_hub(trim_torn_tail, side)
     if speaker == "both":
         try:
-            return _blocking(stereo, root, call_id, live)
+            return off_hub(stereo, root, call_id, live)
         except MixError as exc:
             if not files:
                 raise ApiError(404, "no_recording", f"session {call_id} has no recording") from None
@@ -124,7 +115,7 @@ def delete_recording(call_id: str):
     session = node.registry.get(call_id)
     if session is not None:
         session.stop_recording("deleted")
-    existed = _blocking(delete_recordings, root, call_id)
+    existed = off_hub(delete_recordings, root, call_id)
     if not existed and session is None:
         raise ApiError(404, "no_recording", f"session {call_id} has no recording")
     now = time.time()

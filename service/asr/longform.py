@@ -46,11 +46,10 @@ import numpy as np
 from gevent.monkey import get_original
 
 from service.asr.vad import Vad
-from service.frames import FRAME_SAMPLES
+from service.frames import FRAME_SAMPLES, SAMPLE_RATE
 from service.threadhub import ThreadToHub, start_native_thread
 from service.vocab import Task
 
-SAMPLE_RATE = 16_000
 WINDOW_S = 30.0  # whisper.transcribe's window
 GIVE_WAY_POLL_S = 0.05  # how often a waiting window looks at the live backlog again
 _sleep = get_original("time", "sleep")  # this thread's own sleep, never gevent's

@@ -34,9 +34,17 @@ import numpy as np
 from gevent import subprocess
 from gevent.event import Event
 
-from service.asr.longform import SAMPLE_RATE, LongFormError, LongSegment
-from service.recordings import RecordingFile, list_recordings, trim_torn_tail
+from service.asr.longform import LongFormError, LongSegment
+from service.frames import SAMPLE_RATE
+from service.recordings import (
+    SPEAKERS,
+    RecordingFile,
+    list_recordings,
+    recording_path,
+    trim_torn_tail,
+)
 from service.store.db import FINAL, utcnow
+from service.threadhub import off_hub
 from service.vocab import CallState, Speaker, Task
 
 if TYPE_CHECKING:
@@ -74,8 +82,10 @@ def decode_audio(path: Path) -> np.ndarray:
     if done.returncode != 0 and not done.stdout:
         why = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
         raise LongFormError(f"cannot decode {path.name}: {why[0][:200]}")
-    pcm = np.frombuffer(done.stdout[: len(done.stdout) // 2 * 2], dtype="<i2")
-    return pcm.astype(np.float32) / 32768.0
+    pcm = np.frombuffer(done.stdout, dtype="<i2", count=len(done.stdout) // 2)  # no copy
+    audio = pcm.astype(np.float32)
+    audio *= 1 / 32768  # in place, and exact: a power of two
+    return audio
 
 
 def overlaps_live(segment: LongSegment, live: list[tuple[float, float]]) -> bool:
@@ -138,7 +148,10 @@ class PostCall:
         return row
 
     def has_recording(self, call_id: str) -> bool:
-        return bool(recorded_sides(self.settings, call_id))
+        """Whether either side's file exists (what ``recorded_sides`` would list), without
+        its scan of every page: this runs on the hub, as each call ends."""
+        root = self.settings.recordings_dir
+        return any(recording_path(root, call_id, s).exists() for s in SPEAKERS)
 
     def pass_follows(self, session: Any) -> bool:
         """Whether this call, ending now, gets a pass over a recording of all of it."""
@@ -233,7 +246,7 @@ class PostCall:
         call = self.store.get_call(row.call_id)
         if call is None:
             raise LongFormError("the call is gone")
-        sides = recorded_sides(self.settings, row.call_id)
+        sides = off_hub(recorded_sides, self.settings, row.call_id)  # reads every page
         if not sides:
             raise LongFormError("the call has no recording")
         live = self.store.segments(row.call_id)
@@ -242,19 +255,20 @@ class PostCall:
         out: list[dict[str, Any]] = []
         for i, side in enumerate(sides):
             progress.side = i
-            if side.interrupted:
-                trim_torn_tail(side)  # the call is over: nothing writes this file any more
+            if side.interrupted:  # the call is over: nothing writes this file any more
+                off_hub(trim_torn_tail, side)
             audio = decode_audio(side.path)
             segments = self.transcriber.transcribe(audio, call.language, task, progress)
             mine = [s for s in live if s.speaker == side.speaker]
             spans = [(s.start_s, s.end_s) for s in mine]
-            tail = [s for s in mine if s.end_s > side.duration_s + RECORDED_SLACK_S]
-            cut = min((s.start_s for s in tail), default=None)
-            if cut is not None:  # the recording lost audio that the live pass transcribed
-                tail = [s for s in mine if s.start_s >= cut]
+            lost = [s for s in mine if s.end_s > side.duration_s + RECORDED_SLACK_S]
+            carried: list[SegmentRow] = []
+            if lost:  # the recording lost audio that the live pass transcribed
+                cut = min(s.start_s for s in lost)
                 segments = until(segments, cut)
+                carried = [s for s in mine if s.start_s >= cut]
             rows = _rows(Speaker(side.speaker), segments, spans, task)
-            out.extend(rows + _carried(tail, len(rows)))
+            out.extend(rows + _carried(carried, len(rows)))
         return out
 
 

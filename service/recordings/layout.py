@@ -130,9 +130,12 @@ def recorded_calls(root: Path) -> list[tuple[str, float]]:
     for entry in entries:
         if not (entry.is_dir(follow_symlinks=False) and _CALL_ID.fullmatch(entry.name)):
             continue
-        newest = entry.stat(follow_symlinks=False).st_mtime
-        for f in os.scandir(entry.path):
-            with contextlib.suppress(FileNotFoundError):
-                newest = max(newest, f.stat(follow_symlinks=False).st_mtime)
+        try:  # a folder deleted meanwhile (DELETE .../recording) is simply gone
+            newest = entry.stat(follow_symlinks=False).st_mtime
+            for f in os.scandir(entry.path):
+                with contextlib.suppress(FileNotFoundError):
+                    newest = max(newest, f.stat(follow_symlinks=False).st_mtime)
+        except FileNotFoundError:
+            continue
         out.append((entry.name, newest))
     return out

@@ -60,7 +60,11 @@ def keep_sweeping(
     """A greenlet's life: sweep now (a node's start), then every ``every_s``. The file work
     runs on gevent's thread pool; ``on_deleted`` (the store's note) on the hub."""
     while True:
-        gone = gevent.get_hub().threadpool.apply(sweep, (root, days, set(live())))
+        try:
+            gone = gevent.get_hub().threadpool.apply(sweep, (root, days, set(live())))
+        except Exception:  # a sweep that failed must not end retention for good
+            log.exception("retention: the sweep failed; trying again in %.0f s", every_s)
+            gone = []
         for call_id in gone:
             try:
                 on_deleted(call_id)
