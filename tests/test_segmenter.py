@@ -92,3 +92,13 @@ def test_a_cut_keeps_the_end_of_one_utterance_and_the_start_of_the_next(speech_d
         np.testing.assert_array_equal(before.audio[-shared:], after.audio[:shared])
     assert any(u.overlap_s for u in utts)
     assert all(u.end_s - u.start_s <= 3.0 + 1e-6 for u in utts)
+
+
+def test_a_very_short_maximum_length_still_cuts(speech_dir):
+    # IM_MAX_UTTERANCE_S takes any positive number: at 0.2 s the last third of an utterance
+    # (3 frames) is shorter than the cut's smoothing window (CUT_SMOOTH_FRAMES), which made
+    # the cut raise on every long stretch of speech.
+    pcm = read_wav(speech_dir / "en_jfk_inaugural_1961.wav")
+    utterances = run(Segmenter(SegmenterConfig(max_utterance_s=0.2)), pcm)
+    assert len(utterances) > 10
+    assert all(u.end_s - u.start_s <= 0.2 + 1e-6 for u in utterances)

@@ -152,7 +152,9 @@ class Segmenter:
         frames = self._frames
         lo = len(frames) * 2 // 3
         energy = np.array([float(np.mean(np.abs(f.astype(np.int32)))) for f in frames[lo:]])
-        smooth = np.convolve(energy, np.ones(CUT_SMOOTH_FRAMES) / CUT_SMOOTH_FRAMES, "same")
+        smooth = energy  # fewer frames than the window (a tiny IM_MAX_UTTERANCE_S): as they are
+        if energy.size >= CUT_SMOOTH_FRAMES:  # "same" would return the window's length
+            smooth = np.convolve(energy, np.ones(CUT_SMOOTH_FRAMES) / CUT_SMOOTH_FRAMES, "same")
         quiet = ~np.array(self._voiced[lo:])
         if quiet.any():
             smooth = np.where(quiet, smooth, np.inf)
