@@ -61,11 +61,6 @@ class Buckets:
             self._counts = [0] * (len(self.bounds) + 1)
             self._sum = 0.0
 
-    @property
-    def count(self) -> int:
-        with self._lock:
-            return sum(self._counts)
-
 
 def histogram(
     name: str,

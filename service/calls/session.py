@@ -221,7 +221,7 @@ class CallSession:
             return
         # The peer will not transcribe its microphone: do it here from what we hear.
         self.transcript.start(transcribe_peer=not hello.transcribes)
-        self.transcript.send = self._send_transcript
+        self.transcript.send = self._send
         budget = PeerBudget(time.monotonic(), self.ctx.remote_segments)
         if self.options.record:
             self.recorder = CallRecorder(
@@ -242,10 +242,11 @@ class CallSession:
         )
         self._greenlets.extend(self.media.greenlets())
 
-    def _send_transcript(self, t: p.Transcript) -> None:
+    def _send(self, message: p.Transcript | p.Bye) -> None:
+        """To the peer, while there is an open link (a closed one is not even waited on)."""
         if self.link is not None and not self.link.closed:
             with contextlib.suppress(LinkClosed):
-                self.link.send(t)
+                self.link.send(message)
 
     # -- ending -------------------------------------------------------------------------
 
@@ -298,7 +299,7 @@ class CallSession:
         talking = notify_peer and link is not None and media is not None
         self.transcript.flush()
         if talking:
-            self._say(p.Bye(reason=reason[: p.MAX_REASON], pending=True))
+            self._send(p.Bye(reason=reason[: p.MAX_REASON], pending=True))
         asked_at = time.monotonic()
         self.transcript.wait_idle(deadline)
         self.untranscribed = self.transcript.pending
@@ -319,7 +320,7 @@ class CallSession:
         if link is None:
             return
         if notify_peer:
-            self._say(p.Bye(reason=reason[: p.MAX_REASON]))
+            self._send(p.Bye(reason=reason[: p.MAX_REASON]))
         if talking:
             assert media is not None
             # The peer's own last finals: only from a peer that answered (its pending bye,
@@ -327,11 +328,6 @@ class CallSession:
             if media.peer_answered.wait(max(0.0, asked_at + ANSWER_S - time.monotonic())):
                 media.peer_done.wait(max(0.0, deadline + PEER_GRACE_S - time.monotonic()))
         link.close()
-
-    def _say(self, bye: p.Bye) -> None:
-        if self.link is not None:
-            with contextlib.suppress(LinkClosed):
-                self.link.send(bye)
 
     def _close_recording(self) -> None:
         """The recorder's last pages (EOS) on the disk; bounded, never the call's end."""

@@ -63,7 +63,7 @@ def call_counts(session: CallSession) -> dict[str, int]:
         "playout_frames_dropped_late": playout.frames_dropped_late,
         "playout_frames_dropped_overflow": playout.frames_dropped_overflow,
         "playout_frames_dropped_catchup": playout.frames_dropped_catchup,
-        "playout_frames_concealed": playout.figures().frames_concealed,
+        "playout_frames_concealed": playout.frames_concealed,
         "playout_underruns": playout.underruns,
         "playout_device_underflows": session.sink.device_underflows,
         "link_send_stalls": link.send_stalls if link else 0,
