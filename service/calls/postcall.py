@@ -44,7 +44,6 @@ from service.recordings import (
     trim_torn_tail,
 )
 from service.store.db import FINAL, utcnow
-from service.threadhub import off_hub
 from service.vocab import CallState, Speaker, Task
 
 if TYPE_CHECKING:
@@ -246,7 +245,7 @@ class PostCall:
         call = self.store.get_call(row.call_id)
         if call is None:
             raise LongFormError("the call is gone")
-        sides = off_hub(recorded_sides, self.settings, row.call_id)  # reads every page
+        sides = recorded_sides(self.settings, row.call_id)
         if not sides:
             raise LongFormError("the call has no recording")
         live = self.store.segments(row.call_id)
@@ -255,8 +254,8 @@ class PostCall:
         out: list[dict[str, Any]] = []
         for i, side in enumerate(sides):
             progress.side = i
-            if side.interrupted:  # the call is over: nothing writes this file any more
-                off_hub(trim_torn_tail, side)
+            if side.interrupted:
+                trim_torn_tail(side)  # the call is over: nothing writes this file any more
             audio = decode_audio(side.path)
             segments = self.transcriber.transcribe(audio, call.language, task, progress)
             mine = [s for s in live if s.speaker == side.speaker]
