@@ -13,7 +13,6 @@ import gevent
 from service.asr.engine import AsrEngine
 from service.asr.longform import LongFormTranscriber
 from service.asr.segmenter import SegmenterConfig
-from service.asr.vad import make_vad
 from service.calls.context import CallContext
 from service.calls.peer import NODE_SEGMENT_BURST, NODE_SEGMENTS_PER_S
 from service.calls.postcall import PostCall
@@ -85,7 +84,7 @@ class Node:
                 settings.compute_type,
                 settings.model_download_base,
                 busy=lambda: live is not None and live.pending > 0,
-                make_vad=lambda: make_vad(settings.vad, settings.vad_aggressiveness),
+                make_vad=self.segmenter_config.make_vad,
             ),
             automatic=settings.postcall,
         )
@@ -121,7 +120,7 @@ class Node:
                 self.node_id,
             )
         # A missing VAD model should stop the node now, not fail the first call.
-        make_vad(settings.vad, settings.vad_aggressiveness)
+        self.segmenter_config.make_vad()
         if self.engine is not None:
             self.engine.load()
             # The pass's model too, when passes run by themselves: before the API serves

@@ -8,9 +8,11 @@ ffmpeg where the recordings layout puts one (service/recordings), on the call's 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sqlite3
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,10 +23,11 @@ from pathlib import Path
 import jiwer
 import numpy as np
 import pytest
-from helpers import PROCESS_ENV, get_session, looped_clip, reference, store_call, wait_until
+from helpers import PROCESS_ENV, ROOT, get_session, looped_clip, reference, store_call, wait_until
 from whisper.normalizers import EnglishTextNormalizer
 
 from service.api import create_app
+from service.audio.wavfile import read_wav
 from service.localnodes import NodeProcess, start_call
 from service.recordings import list_recordings, recording_path
 from service.vocab import Segment, Speaker
@@ -241,10 +244,39 @@ def test_a_silent_side_gets_no_invented_words_in_the_final_revision(client, node
     assert {s["speaker"] for s in segments} == {"local"}, [s["text"] for s in segments]
 
 
+def whispered(clip: Path, out: Path) -> Path:
+    """``clip`` whispered as scripts/build_voices makes the issue's whispered voices (voicing
+    removed, -50 dBFS), written to ``out``."""
+    spec = importlib.util.spec_from_file_location("build_voices", ROOT / "scripts/build_voices.py")
+    assert spec and spec.loader
+    voices = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("build_voices", voices)  # its dataclasses look themselves up
+    spec.loader.exec_module(voices)
+    pcm = read_wav(clip).astype(np.float64)
+    voices.write_wav(out, voices.whisper(pcm, np.random.default_rng(0)))
+    return out
+
+
+def test_a_whispered_side_is_heard_by_the_pass_as_the_live_path_hears_it(
+    client, node, speech_dir, tmp_path
+):
+    # Silero hears no speech in this whispered sentence at its own level; behind the live
+    # path's gain stage it does. Without that stage the pass dropped every segment of it
+    # as "no speech under it".
+    clip = whispered(speech_dir / "en_arctic_prompts_cathy_b0102.wav", tmp_path / "w.wav")
+    call_id = uuid.uuid4().hex
+    store_call(node.store, call_id, mode="dial", state="ended")
+    make_recording(recording_path(node.settings.recordings_dir, call_id, "local"), clip)
+    assert client.post(f"/sessions/{call_id}/transcript/revisions", json={}).status_code == 202
+    assert wait_pass(client, call_id)["state"] == "done"
+    segments = client.get(f"/sessions/{call_id}/transcript").get_json()["segments"]
+    text = " ".join(s["text"] for s in segments)
+    assert wer(reference(speech_dir, "en_arctic_prompts_cathy_b0102.wav"), text) <= 0.5, text
+
+
 def test_speech_that_no_segment_covers_is_found_by_the_vad(speech_dir):
     from service.asr.longform import LongSegment, speech_spans, uncovered
     from service.asr.vad import make_vad
-    from service.audio.wavfile import read_wav
 
     clip = read_wav(speech_dir / "en_arctic_prompts_cathy_b0006.wav").astype("float32") / 32768
     quiet = np.zeros(3 * 16_000, dtype="float32")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.asr.vad import make_vad
+from service.asr.vad import Vad, make_vad
 from service.frames import FRAME_MS, FRAME_SAMPLES, to_float32
 
 # Of the silence that closes an utterance, this much is kept with it: Whisper places the
@@ -48,6 +48,18 @@ class SegmenterConfig:
     min_speech_ms: int = 200  # shorter bursts (clicks, coughs) are discarded
     cut_overlap_ms: int = 500  # at a cut, the next utterance starts this much before it
 
+    def make_vad(self) -> Vad:
+        """A fresh VAD as this configuration hears speech, gain stage included: the
+        post-call pass listens to a recording with the one the live path used, so that a
+        quiet or whispered side it captioned is not silence to the pass."""
+        return make_vad(
+            self.vad,
+            self.aggressiveness,
+            self.silero_threshold,
+            hysteresis=self.silero_hysteresis,
+            max_gain_db=self.vad_gain_db,
+        )
+
 
 class Segmenter:
     """Feed 20 ms frames in order; get an Utterance back when one ends.
@@ -58,13 +70,7 @@ class Segmenter:
 
     def __init__(self, config: SegmenterConfig | None = None) -> None:
         self.config = c = config or SegmenterConfig()
-        self._vad = make_vad(
-            c.vad,
-            c.aggressiveness,
-            c.silero_threshold,
-            hysteresis=c.silero_hysteresis,
-            max_gain_db=c.vad_gain_db,
-        )
+        self._vad = c.make_vad()
         self._pre_roll: deque[np.ndarray] = deque(maxlen=max(1, c.pre_roll_ms // FRAME_MS))
         self._recent: deque[bool] = deque(maxlen=c.start_window)
         self._frames: list[np.ndarray] = []
