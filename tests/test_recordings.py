@@ -367,10 +367,17 @@ def test_retention_deletes_old_recordings_and_notes_it_on_the_call(tmp_path, nod
     for call_id in (old, live):
         for f in [root / call_id, *(root / call_id).iterdir()]:
             os.utime(f, (month_ago, month_ago))
+    # Played last week: the stereo cache made then (and the folder's time, which its
+    # creation set) do not make a recording last written a month ago new.
+    played = uuid.uuid4().hex
+    (root / played).mkdir()
+    (root / played / "remote.opus").write_bytes(b"x")
+    os.utime(root / played / "remote.opus", (month_ago, month_ago))
+    (root / played / "both.opus").write_bytes(b"x")
     (root / "not-a-call").mkdir()
     os.utime(root / "not-a-call", (month_ago, month_ago))
     assert retention.sweep(root, 0) == []  # 0: keep forever
-    assert retention.sweep(root, 30, live={live}) == [old]
+    assert retention.sweep(root, 30, live={live}) == sorted([old, played])
     assert sorted(p.name for p in root.iterdir()) == sorted([new, live, "not-a-call"])
 
     # And a node does it at its start, noting it on the call's row.

@@ -120,8 +120,11 @@ def delete_recordings(root: Path, call_id: str) -> bool:
 
 
 def recorded_calls(root: Path) -> list[tuple[str, float]]:
-    """(call id, newest modification time) of every call folder under ``root``; anything
-    that is not a call's folder is left alone."""
+    """(call id, when its recording was last written) of every call folder under
+    ``root``; anything that is not a call's folder is left alone. The time is the newest of
+    the sides' files: the stereo cache is made when someone plays the call, and playing it
+    must not restart its retention (nor does the folder's own time, which that creation
+    changes). A folder without either side counts from its own time."""
     out = []
     try:
         entries = list(os.scandir(root))
@@ -130,12 +133,14 @@ def recorded_calls(root: Path) -> list[tuple[str, float]]:
     for entry in entries:
         if not (entry.is_dir(follow_symlinks=False) and _CALL_ID.fullmatch(entry.name)):
             continue
-        try:  # a folder deleted meanwhile (DELETE .../recording) is simply gone
-            newest = entry.stat(follow_symlinks=False).st_mtime
-            for f in os.scandir(entry.path):
-                with contextlib.suppress(FileNotFoundError):
-                    newest = max(newest, f.stat(follow_symlinks=False).st_mtime)
-        except FileNotFoundError:
-            continue
-        out.append((entry.name, newest))
+        written = []
+        for speaker in SPEAKERS:
+            with contextlib.suppress(FileNotFoundError):
+                written.append(os.stat(Path(entry.path) / f"{speaker}{SUFFIX}").st_mtime)
+        if not written:
+            try:  # a folder deleted meanwhile (DELETE .../recording) is simply gone
+                written.append(entry.stat(follow_symlinks=False).st_mtime)
+            except FileNotFoundError:
+                continue
+        out.append((entry.name, max(written)))
     return out
