@@ -240,6 +240,40 @@ def test_a_sigkilled_recorder_keeps_all_but_the_last_seconds(tmp_path, speech):
         assert len(decoded_samples(r.path)) == pytest.approx(r.duration_s * 16_000, abs=320)
 
 
+def test_a_file_is_scanned_once_per_version_not_once_per_request(tmp_path, speech, monkeypatch):
+    """A player seeking in an ended call sends a range request per seek; each listed (and
+    scanned) both sides whole. A file is read again only when it changed."""
+    from service.recordings import layout
+
+    read: list[str] = []
+
+    def counted(path: Path) -> ogg.Scan:
+        read.append(path.name)
+        return ogg.scan(path)
+
+    monkeypatch.setattr(layout, "scan", counted)
+    call_id = uuid.uuid4().hex
+    rec = CallRecorder(tmp_path, call_id, 20_000)
+    enc = OpusEncoder(20_000, fec=False, complexity=5)
+    for seq, frame in enumerate(frames(speech)[:100]):
+        rec.local(seq, Codec.OPUS, enc.encode(frame))
+        rec.remote(seq, Codec.PCM16, frame.astype("<i2").tobytes())
+    finish(rec)
+    first = list_recordings(tmp_path, call_id)
+    assert sorted(read) == ["local.opus", "remote.opus"]
+    for _ in range(5):
+        assert list_recordings(tmp_path, call_id) == first
+    assert len(read) == 2
+    # A torn tail (a kill) is a new version of the file, and so is its trim.
+    local = recording_path(tmp_path, call_id, "local")
+    os.truncate(local, first[0].size_bytes - 10)  # the last page, with its EOS, cut short
+    (torn, _) = list_recordings(tmp_path, call_id)
+    assert read[2:] == ["local.opus"] and torn.interrupted
+    assert trim_torn_tail(torn)
+    (trimmed, _) = list_recordings(tmp_path, call_id)
+    assert read[3:] == ["local.opus"] and trimmed.size_bytes == torn.valid_bytes
+
+
 # -- paths, settings, wire -------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ own 32-hex-digit ids) and a speaker from a fixed set: nothing a user types reach
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -23,13 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from service.recordings.ogg import scan
+from service.recordings.ogg import Scan, scan
 
 Speaker = Literal["local", "remote"]
 SPEAKERS: tuple[Speaker, ...] = ("local", "remote")
 STEREO = "both"
 SUFFIX = ".opus"
 _CALL_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as the registry makes them
+SCANS_KEPT = 256  # files whose scan is remembered (a few bytes each)
 
 
 class BadCallId(ValueError):
@@ -72,18 +74,30 @@ class RecordingFile:
 
 def list_recordings(root: Path, call_id: str) -> list[RecordingFile]:
     """The call's recordings (local first), each scanned: complete or interrupted, how
-    long. Empty when the call recorded nothing, or its recording was deleted. Reads each
-    file's pages (about 3,600 an hour): call it from a thread or an ended call's work."""
+    long. Empty when the call recorded nothing, or its recording was deleted. Reading a
+    file's pages (about 3,600 an hour) is done once per version of the file (_scanned):
+    call it from a thread or an ended call's work."""
     out = []
     for speaker in SPEAKERS:
         path = recording_path(root, call_id, speaker)
         try:
-            size = path.stat().st_size
+            st = path.stat()
         except FileNotFoundError:
             continue
-        s = scan(path)
-        out.append(RecordingFile(speaker, path, s.complete, size, s.valid_bytes, s.duration_s))
+        s = _scanned(str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        out.append(
+            RecordingFile(speaker, path, s.complete, st.st_size, s.valid_bytes, s.duration_s)
+        )
     return out
+
+
+@functools.lru_cache(maxsize=SCANS_KEPT)
+def _scanned(path: str, _ino: int, _size: int, _mtime_ns: int) -> Scan:
+    """``scan`` of a file as it is: a player's range requests (one per seek) and the stereo
+    mix ask for the same ended call's files again and again, and rescanning both sides
+    each time read every page of an hour of call twice per request. Keyed by inode, size
+    and modification time, so a file that grew, was trimmed or replaced is read again."""
+    return scan(Path(path))
 
 
 def trim_torn_tail(recording: RecordingFile) -> bool:
