@@ -44,6 +44,7 @@ from service.recordings import (
     trim_torn_tail,
 )
 from service.store.db import FINAL, utcnow
+from service.threadhub import off_hub
 from service.vocab import CallState, Speaker, Task
 
 if TYPE_CHECKING:
@@ -81,7 +82,12 @@ def decode_audio(path: Path) -> np.ndarray:
     if done.returncode != 0 and not done.stdout:
         why = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
         raise LongFormError(f"cannot decode {path.name}: {why[0][:200]}")
-    pcm = np.frombuffer(done.stdout, dtype="<i2", count=len(done.stdout) // 2)  # no copy
+    # An hour of a side is 115 MB of samples: converted off the hub, not in one stall of it.
+    return off_hub(_to_float, done.stdout)
+
+
+def _to_float(s16le: bytes) -> np.ndarray:
+    pcm = np.frombuffer(s16le, dtype="<i2", count=len(s16le) // 2)  # no copy
     audio = pcm.astype(np.float32)
     audio *= 1 / 32768  # in place, and exact: a power of two
     return audio
@@ -245,7 +251,7 @@ class PostCall:
         call = self.store.get_call(row.call_id)
         if call is None:
             raise LongFormError("the call is gone")
-        sides = recorded_sides(self.settings, row.call_id)
+        sides = off_hub(recorded_sides, self.settings, row.call_id)  # reads every page
         if not sides:
             raise LongFormError("the call has no recording")
         live = self.store.segments(row.call_id)
@@ -254,8 +260,8 @@ class PostCall:
         out: list[dict[str, Any]] = []
         for i, side in enumerate(sides):
             progress.side = i
-            if side.interrupted:
-                trim_torn_tail(side)  # the call is over: nothing writes this file any more
+            if side.interrupted:  # the call is over: nothing writes this file any more
+                off_hub(trim_torn_tail, side)
             audio = decode_audio(side.path)
             segments = self.transcriber.transcribe(audio, call.language, task, progress)
             mine = [s for s in live if s.speaker == side.speaker]
