@@ -71,6 +71,7 @@ class Settings:
     opus_bitrate: int = 20_000
     opus_frame_ms: int = 20
     record: bool = True  # record both sides of every call (a call's `record` overrides)
+    record_lossless: bool = True  # the local side also as FLAC, for the post-call pass
     recordings_dir: Path = Path()  # derived from data_dir when empty (service/recordings/)
     recording_retention_days: int = 0  # 0: keep recordings until deleted
     hangup_drain_s: float = 30.0  # longest a hang-up waits for both sides' last finals
@@ -229,6 +230,12 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "IM_RECORD",
         "Set to 0 to record no call by default (a call's `record` field overrides it).",
     ),
+    "record_lossless": (
+        "IM_RECORD_LOSSLESS",
+        "Set to 0 to record this node's own side as Ogg Opus only: by default it is also "
+        "kept as FLAC (about 66 MB per hour of speech), which the post-call pass "
+        "transcribes instead (docs/recordings.md).",
+    ),
     "recordings_dir": (
         "IM_RECORDINGS_DIR",
         "Where call recordings (Ogg Opus, both sides) are kept (default: DATA/recordings).",
@@ -283,6 +290,11 @@ INT_RANGES: dict[str, tuple[int, int, str | None]] = {
 }
 
 
+# On/off settings: 1/true/yes or 0/false/no, any case.
+FLAGS = ("record", "record_lossless", "allow_unauthenticated_api", "postcall")
+TRUE, FALSE = ("1", "true", "yes"), ("0", "false", "no")
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build validated settings from ``env`` (default: the process environment)."""
     env = os.environ if env is None else env
@@ -304,6 +316,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     for key in ("api_port", "call_port"):
         if (v := get(key)) is not None:
             values[key] = check.port(ENV_VARS[key][0], v)
+    for key in FLAGS:
+        if (v := get(key)) is not None:
+            if v.lower() not in (*TRUE, *FALSE):
+                raise ConfigError(f"{ENV_VARS[key][0]} must be 1 or 0, got {v!r}")
+            values[key] = v.lower() in TRUE
     if (v := get("asr_admit_busy")) is not None:
         busy = check.positive_number("IM_ASR_ADMIT_BUSY", v)
         if not 0.05 <= busy <= 1:
@@ -371,14 +388,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         if len(v) < 16:
             raise ConfigError("IM_API_TOKEN must be at least 16 characters")
         values["api_token"] = v
-    if (v := get("record")) is not None:
-        if v.lower() not in ("1", "true", "yes", "0", "false", "no"):
-            raise ConfigError(f"IM_RECORD must be 1 or 0, got {v!r}")
-        values["record"] = v.lower() in ("1", "true", "yes")
-    if (v := get("allow_unauthenticated_api")) is not None:
-        if v.lower() not in ("1", "true", "yes", "0", "false", "no"):
-            raise ConfigError(f"IM_ALLOW_UNAUTHENTICATED_API must be 1 or 0, got {v!r}")
-        values["allow_unauthenticated_api"] = v.lower() in ("1", "true", "yes")
     if (v := get("log_level")) is not None:
         if v.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"IM_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {v!r}")
@@ -391,10 +400,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         values["model"] = check.model(v)
     if (v := get("final_model")) is not None:
         values["final_model"] = check.model(v)
-    if (v := get("postcall")) is not None:
-        if v.lower() not in ("1", "true", "yes", "0", "false", "no"):
-            raise ConfigError(f"IM_POSTCALL must be 1 or 0, got {v!r}")
-        values["postcall"] = v.lower() in ("1", "true", "yes")
     if (v := get("compute_type")) is not None:
         if v not in COMPUTE_TYPES:
             raise ConfigError(

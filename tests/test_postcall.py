@@ -37,14 +37,17 @@ CLIP = "en_librispeech_1995-1837-0001.wav"  # 8.7 s, three sentences
 LEAD_S = 3.0  # silence before the speech in a made recording
 
 
-def make_recording(path: Path, clip: Path, lead_s: float = LEAD_S) -> float:
-    """``clip`` as an Ogg Opus side, ``lead_s`` of silence first; its duration (s)."""
+def make_recording(path: Path, clip: Path, lead_s: float = LEAD_S, volume: float = 1.0) -> float:
+    """``clip`` as an Ogg Opus side (or FLAC, for a ``.flac`` path), ``lead_s`` of silence
+    first, at ``volume``; its duration (s)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    codec = ["-c:a", "flac", "-ar", "16000"] if path.suffix == ".flac" else ["-c:a", "libopus"]
     subprocess.run(
         [
             *("ffmpeg", "-v", "error", "-y", "-i", str(clip)),
-            *("-af", f"adelay={int(lead_s * 1000)}", "-ac", "1"),
-            *("-c:a", "libopus", "-b:a", "24k", str(path)),
+            *("-af", f"adelay={int(lead_s * 1000)},volume={volume}", "-ac", "1"),
+            *codec,
+            *("-b:a", "24k", str(path)),
         ],
         check=True,
         timeout=60,
@@ -242,6 +245,28 @@ def test_a_silent_side_gets_no_invented_words_in_the_final_revision(client, node
     assert wait_pass(client, call_id)["state"] == "done"
     segments = client.get(f"/sessions/{call_id}/transcript").get_json()["segments"]
     assert {s["speaker"] for s in segments} == {"local"}, [s["text"] for s in segments]
+
+
+def test_the_pass_transcribes_the_lossless_copy_unless_it_ended_early(client, node, speech_dir):
+    # The Opus file of the local side is silent, its FLAC copy speaks: the pass heard the
+    # copy. Then a copy that ended early (its writer failed) is passed over for the Opus.
+    call_id = uuid.uuid4().hex
+    store_call(node.store, call_id, mode="dial", state="ended")
+    opus = recording_path(node.settings.recordings_dir, call_id, "local")
+    flac = opus.with_name("local.flac")
+    make_recording(opus, speech_dir / CLIP, volume=0.0)
+    make_recording(flac, speech_dir / CLIP)
+    assert client.post(f"/sessions/{call_id}/transcript/revisions", json={}).status_code == 202
+    assert wait_pass(client, call_id)["state"] == "done"
+    segments = client.get(f"/sessions/{call_id}/transcript").get_json()["segments"]
+    assert wer(reference(speech_dir, CLIP), " ".join(s["text"] for s in segments)) <= 0.25
+
+    make_recording(opus, speech_dir / CLIP)
+    make_recording(flac, speech_dir / CLIP, lead_s=0.0, volume=0.0)  # 8.7 s of 11.7
+    assert client.post(f"/sessions/{call_id}/transcript/revisions", json={}).status_code == 202
+    assert wait_pass(client, call_id)["state"] == "done"
+    segments = client.get(f"/sessions/{call_id}/transcript").get_json()["segments"]
+    assert wer(reference(speech_dir, CLIP), " ".join(s["text"] for s in segments)) <= 0.25
 
 
 def whispered(clip: Path, out: Path) -> Path:

@@ -161,6 +161,59 @@ def test_a_recording_plays_cleanly_and_keeps_the_calls_time_across_gaps(tmp_path
     assert energy(160, 190) > 0.3 * original  # and speaks again right after
 
 
+def pcm_of(path: Path) -> np.ndarray:
+    """All of ``path`` as 16 kHz int16, through ffmpeg, up to any damage."""
+    done = subprocess.run(
+        [FFMPEG, "-nostdin", "-v", "quiet", "-i", str(path), "-f", "s16le", "-ar", "16000", "-"],
+        capture_output=True,
+        check=False,
+    )
+    return np.frombuffer(done.stdout, dtype="<i2")
+
+
+def test_the_local_side_is_also_kept_lossless_on_the_calls_timeline(tmp_path, speech):
+    """The FLAC copy holds exactly the frames captured, with silence where the queue lost
+    one, and is as long as the Opus file of the same side."""
+    call_id = uuid.uuid4().hex
+    rec = CallRecorder(tmp_path, call_id, 20_000, lossless=True)
+    enc = OpusEncoder(20_000, fec=False, complexity=5)
+    skipped = set(range(40, 50))  # never reached the recorder
+    for seq, frame in enumerate(frames(speech)):
+        if seq % 100 == 0:
+            wait_until(lambda: not rec._queue, 10, "the writer", step=0.01)
+        if seq not in skipped:
+            rec.local(seq, Codec.OPUS, enc.encode(frame), frame)
+        rec.remote(seq, Codec.PCM16, frame.astype("<i2").tobytes())
+    finish(rec)
+    assert rec.counters.lossless_stopped is None
+    (local, remote) = list_recordings(tmp_path, call_id)
+    assert local.lossless == tmp_path / call_id / "local.flac" and remote.lossless is None
+    assert probe(local.lossless)["streams"][0]["codec_name"] == "flac"
+    assert ffmpeg_errors(local.lossless) == ""
+    kept = pcm_of(local.lossless)
+    expected = speech.copy()
+    expected[40 * 320 : 50 * 320] = 0
+    assert np.array_equal(kept, expected)  # bit for bit: lossless
+    assert len(kept) / 16_000 == pytest.approx(local.duration_s, abs=0.03)
+    assert rec.counters.bytes_written == sum(
+        f.stat().st_size for f in (local.path, remote.path, local.lossless)
+    )
+
+
+def test_a_lossless_copy_that_cannot_be_written_leaves_the_opus_recording_whole(tmp_path, speech):
+    call_id = uuid.uuid4().hex
+    (tmp_path / call_id / "local.flac").mkdir(parents=True)  # cannot be opened as a file
+    rec = CallRecorder(tmp_path, call_id, 20_000, lossless=True)
+    enc = OpusEncoder(20_000, fec=False, complexity=5)
+    for seq, frame in enumerate(frames(speech)[:100]):
+        rec.local(seq, Codec.OPUS, enc.encode(frame), frame)
+    finish(rec)
+    assert rec.stopped is None
+    assert rec.counters.lossless_stopped is not None
+    (local, _) = list_recordings(tmp_path, call_id)
+    assert local.complete and local.duration_s == pytest.approx(2.0, abs=0.03)
+
+
 def test_a_peer_cannot_make_the_recorder_write_more_than_the_calls_length(tmp_path):
     """A sequence number far ahead of the clock is recorded, but not padded up to."""
     call_id = uuid.uuid4().hex
@@ -207,12 +260,12 @@ def test_a_sigkilled_recorder_keeps_all_but_the_last_seconds(tmp_path, speech):
         from service.audio.wavfile import read_wav
         from service.recordings import CallRecorder
         pcm = read_wav({str(JFK_CLIP)!r})
-        rec = CallRecorder({str(tmp_path)!r}, {call_id!r}, 20000)
+        rec = CallRecorder({str(tmp_path)!r}, {call_id!r}, 20000, lossless=True)
         enc = OpusEncoder(20000, fec=False, complexity=5)
         t0 = time.monotonic()
         for seq in range(10**6):
             frame = pcm[(seq * 320) % (len(pcm) - 320):][:320]
-            rec.local(seq, 1, enc.encode(frame))
+            rec.local(seq, 1, enc.encode(frame), frame)
             rec.remote(seq, 0, bytes(640))  # a silent peer: tiny packets, slow to fill a buffer
             if seq == 50:
                 print("recording", flush=True)
@@ -238,6 +291,10 @@ def test_a_sigkilled_recorder_keeps_all_but_the_last_seconds(tmp_path, speech):
         trim_torn_tail(r)
         assert ffmpeg_errors(r.path) == ""
         assert len(decoded_samples(r.path)) == pytest.approx(r.duration_s * 16_000, abs=320)
+    # The lossless copy of the local side: what was fed up to the last ~2 s as well.
+    assert files[0].lossless is not None
+    lossless_s = len(pcm_of(files[0].lossless)) / 16_000
+    assert fed_s - 2.0 <= lossless_s <= fed_s + 0.1, (lossless_s, fed_s)
 
 
 def test_a_file_is_scanned_once_per_version_not_once_per_request(tmp_path, speech, monkeypatch):
@@ -292,8 +349,10 @@ def test_recording_settings_are_checked(tmp_path):
     assert s.record and s.recordings_dir == tmp_path / "recordings"
     assert s.recording_retention_days == 0
     assert not load_settings({"IM_RECORD": "0"}).record
+    assert s.record_lossless and not load_settings({"IM_RECORD_LOSSLESS": "no"}).record_lossless
     for env in (
         {"IM_RECORD": "maybe"},
+        {"IM_RECORD_LOSSLESS": "flac"},
         {"IM_RECORDING_RETENTION_DAYS": "-1"},
         {"IM_RECORDING_RETENTION_DAYS": "x"},
         {"IM_HANGUP_DRAIN_S": "0"},
@@ -341,6 +400,7 @@ def test_both_sides_are_recorded_served_with_ranges_and_deleted_for_good(tmp_pat
         gevent.sleep(3.0)
         body = api.get(f"/sessions/{la.id}").get_json()
         assert body["recording"]["local"] is True
+        assert body["recording"]["lossless"] is True  # IM_RECORD_LOSSLESS's default
         assert body["recording"]["remote_records"] is False  # B said so in its hello
         assert db.peer_hello is not None and db.peer_hello.records is True
         la.end("hangup")
@@ -373,6 +433,20 @@ def test_both_sides_are_recorded_served_with_ranges_and_deleted_for_good(tmp_pat
         assert ffmpeg_errors(saved) == ""
         assert probe(saved)["streams"][0]["channels"] == 2
         assert api.get(f"/sessions/{la.id}/recording?speaker=left").status_code == 400
+        # The local side's lossless copy: FLAC, as long as its Opus file, seekable too.
+        flac = api.get(f"/sessions/{la.id}/recording?speaker=local&format=flac")
+        assert flac.status_code == 200 and flac.mimetype == "audio/flac"
+        saved = tmp_path / "local.flac"
+        saved.write_bytes(flac.get_data())
+        assert ffmpeg_errors(saved) == "" and probe(saved)["streams"][0]["codec_name"] == "flac"
+        assert float(probe(saved)["format"]["duration"]) == pytest.approx(3.0, abs=0.7)
+        part = api.get(
+            f"/sessions/{la.id}/recording?speaker=local&format=flac",
+            headers={"Range": "bytes=100-199"},
+        )
+        assert part.status_code == 206 and part.get_data() == saved.read_bytes()[100:200]
+        wrong = api.get(f"/sessions/{la.id}/recording?speaker=remote&format=flac")
+        assert wrong.status_code == 400 and "speaker=local" in wrong.get_json()["error"]["message"]
 
         gone = api.delete(f"/sessions/{la.id}/recording")
         assert gone.status_code == 200 and gone.get_json()["deleted"] is True

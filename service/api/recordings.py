@@ -53,7 +53,9 @@ def _recorded_call(call_id: str) -> tuple[Path, bool]:
     return node.settings.recordings_dir, live is not None
 
 
-def _playable(root: Path, call_id: str, speaker: str, live: bool) -> Path:
+def _playable(root: Path, call_id: str, speaker: str, live: bool, lossless: bool) -> Path:
+    if lossless and speaker != "local":
+        raise ApiError(400, "invalid_request", "format=flac is the local side's: add speaker=local")
     files: dict[str, RecordingFile] = {
         r.speaker: r for r in off_hub(list_recordings, root, call_id)
     }
@@ -70,6 +72,10 @@ def _playable(root: Path, call_id: str, speaker: str, live: bool) -> Path:
     recording = files.get(speaker)
     if recording is None:
         raise ApiError(404, "no_recording", f"session {call_id} has no {speaker} recording")
+    if lossless:
+        if recording.lossless is None:
+            raise ApiError(404, "no_recording", f"session {call_id} kept no lossless copy")
+        return recording.lossless
     return recording.path
 
 
@@ -77,9 +83,10 @@ def _playable(root: Path, call_id: str, speaker: str, live: bool) -> Path:
 @spec.validate(
     query=RecordingQuery,
     resp=Resp(
-        HTTP_200=(None, "Ogg Opus (`audio/ogg`)"),
+        HTTP_200=(None, "Ogg Opus (`audio/ogg`), or FLAC (`audio/flac`)"),
         HTTP_206=(None, "the bytes a `Range` asked for"),
         HTTP_304=(None, "not modified (`If-None-Match`, `If-Modified-Since`)"),
+        HTTP_400=ErrorBody,
         HTTP_404=ErrorBody,
         HTTP_503=ErrorBody,
     ),
@@ -87,17 +94,19 @@ def _playable(root: Path, call_id: str, speaker: str, live: bool) -> Path:
 )
 def get_recording(call_id: str, query: RecordingQuery):
     """The call's audio as Ogg Opus: `speaker` = local | remote | both (stereo, local
-    left). Time t in the file is time t of the transcript's segments. Range requests
-    (206) and conditional requests (ETag, 304) are answered, so a player can seek."""
+    left); `format=flac` with `speaker=local`: the local side's lossless copy. Time t in
+    the file is time t of the transcript's segments. Range requests (206) and conditional
+    requests (ETag, 304) are answered, so a player can seek."""
     root, live = _recorded_call(call_id)
-    path = _playable(root, call_id, query.speaker, live)
+    flac = query.format == "flac"
+    path = _playable(root, call_id, query.speaker, live, flac)
     sent = send_file(
         path,
-        mimetype="audio/ogg",
+        mimetype="audio/flac" if flac else "audio/ogg",
         conditional=True,
         etag=True,
         max_age=0,
-        download_name=f"{call_id}-{query.speaker}.opus",
+        download_name=f"{call_id}-{query.speaker}.{query.format}",
     )
     # The body as a bare iterator (read a block at a time), not a Response: spectree reads
     # a Response's body whole to validate it (an hour of call is ~10 MB), an iterator it

@@ -140,6 +140,10 @@ class RecordingQuery(BaseModel):
     speaker: Literal["local", "remote", "both"] = Field(
         "both", description="one side, or both as stereo (local left)"
     )
+    format: Literal["opus", "flac"] = Field(
+        "opus",
+        description="Ogg Opus, or `flac`: the local side's lossless copy (IM_RECORD_LOSSLESS)",
+    )
 
 
 class RecordingDeleted(BaseModel):

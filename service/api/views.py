@@ -135,6 +135,7 @@ def _live_recording(session: CallSession) -> dict[str, Any]:
         "deleted_at": _iso(session.recording_deleted_at),
     }
     if recorder is not None:
+        out["lossless"] = recorder.lossless
         out["stats"] = asdict(recorder.counters)
     return out
 

@@ -120,7 +120,7 @@ class Media:
                 self.frames_dropped_unsent += 1
             payload = self._encoder.encode(frame.pcm)
             if self._recorder is not None:
-                self._recorder.local(seq, codec, payload)
+                self._recorder.local(seq, codec, payload, frame.pcm)
             self._outgoing.append(
                 p.Audio(
                     seq=seq & 0xFFFFFFFF,

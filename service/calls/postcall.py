@@ -23,6 +23,7 @@ from what its recording holds. Passes run one at a time, oldest first, in one gr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -62,6 +63,9 @@ RETRY_AFTER_FAILURE_S = 5.0  # the loop's pause after a store failure, before lo
 # Live audio past a recording's end by less than this is taken to be in it: an Ogg page is
 # 20 ms, and live segment times are rounded to frames.
 RECORDED_SLACK_S = 0.1
+# A lossless copy shorter than its Opus side by more than this stopped early: not used.
+# (After a kill each loses up to about a second, not always the same.)
+LOSSLESS_SHORT_S = 1.5
 
 
 def recorded_sides(settings: Settings, call_id: str) -> list[RecordingFile]:
@@ -91,6 +95,23 @@ def _to_float(s16le: bytes) -> np.ndarray:
     audio = pcm.astype(np.float32)
     audio *= 1 / 32768  # in place, and exact: a power of two
     return audio
+
+
+def side_audio(side: RecordingFile) -> np.ndarray:
+    """What the pass transcribes of a side: its lossless copy when one was kept (fewer
+    errors: docs/recordings.md), read up to any damage as a torn Ogg page is, unless it
+    ended early (its writer failed) and holds less of the call than the Opus file."""
+    if side.lossless is not None:
+        with contextlib.suppress(LongFormError):  # unreadable: the Opus file then
+            audio = decode_audio(side.lossless)
+            if len(audio) / SAMPLE_RATE >= side.duration_s - LOSSLESS_SHORT_S:
+                return audio
+            log.warning(
+                "%s holds less than %s: the pass reads the latter",
+                side.lossless.name,
+                side.path.name,
+            )
+    return decode_audio(side.path)
 
 
 def overlaps_live(segment: LongSegment, live: list[tuple[float, float]]) -> bool:
@@ -262,7 +283,7 @@ class PostCall:
             progress.side = i
             if side.interrupted:  # the call is over: nothing writes this file any more
                 off_hub(trim_torn_tail, side)
-            audio = decode_audio(side.path)
+            audio = side_audio(side)
             segments = self.transcriber.transcribe(audio, call.language, task, progress)
             mine = [s for s in live if s.speaker == side.speaker]
             spans = [(s.start_s, s.end_s) for s in mine]

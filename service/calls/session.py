@@ -224,8 +224,12 @@ class CallSession:
         self.transcript.send = self._send
         budget = PeerBudget(time.monotonic(), self.ctx.remote_segments)
         if self.options.record:
+            settings = self.ctx.settings
             self.recorder = CallRecorder(
-                self.ctx.settings.recordings_dir, self.id, self.ctx.settings.opus_bitrate
+                settings.recordings_dir,
+                self.id,
+                settings.opus_bitrate,
+                lossless=settings.record_lossless,
             )
         self.media = Media(
             self.id,

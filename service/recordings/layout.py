@@ -5,6 +5,8 @@ Layout under the recordings folder (``IM_RECORDINGS_DIR``, default ``DATA/record
     <root>/<call id>/local.opus    this node's own speaker (its capture, as it sent it)
     <root>/<call id>/remote.opus   the peer, as this node received it
     <root>/<call id>/both.opus     stereo (local left), made on request and kept as a cache
+    <root>/<call id>/local.flac    this node's own speaker again, lossless (IM_RECORD_LOSSLESS):
+                                   what the post-call pass transcribes when it is there
 
 Each is an Ogg Opus file whose time t is time t of the call's transcript (segment start
 and end index into it). A file whose last page carries EOS was closed cleanly; one without
@@ -30,6 +32,7 @@ Speaker = Literal["local", "remote"]
 SPEAKERS: tuple[Speaker, ...] = ("local", "remote")
 STEREO = "both"
 SUFFIX = ".opus"
+LOSSLESS = "local.flac"  # FLAC, 16 kHz mono: sample n is time n / 16000 of the call
 _CALL_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as the registry makes them
 SCANS_KEPT = 256  # files whose scan is remembered (a few bytes each)
 
@@ -56,6 +59,11 @@ def recording_path(root: Path, call_id: str, speaker: str) -> Path:
     return call_dir(root, call_id) / f"{speaker}{SUFFIX}"
 
 
+def lossless_path(root: Path, call_id: str) -> Path:
+    """The local side's lossless copy (FLAC), written beside its Ogg Opus file."""
+    return call_dir(root, call_id) / LOSSLESS
+
+
 @dataclass(frozen=True)
 class RecordingFile:
     """One side's recording as it is on disk now."""
@@ -66,6 +74,9 @@ class RecordingFile:
     size_bytes: int
     valid_bytes: int  # whole, CRC-correct pages from the start
     duration_s: float  # on the call's timeline
+    # The same side lossless (local only, IM_RECORD_LOSSLESS), when it was kept: the
+    # better input for a transcriber. The Ogg Opus file is what is served and mixed.
+    lossless: Path | None = None
 
     @property
     def interrupted(self) -> bool:
@@ -85,8 +96,11 @@ def list_recordings(root: Path, call_id: str) -> list[RecordingFile]:
         except FileNotFoundError:
             continue
         s = _scanned(str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        flac = lossless_path(root, call_id) if speaker == "local" else None
+        if flac is not None and not flac.exists():
+            flac = None
         out.append(
-            RecordingFile(speaker, path, s.complete, st.st_size, s.valid_bytes, s.duration_s)
+            RecordingFile(speaker, path, s.complete, st.st_size, s.valid_bytes, s.duration_s, flac)
         )
     return out
 
@@ -148,9 +162,9 @@ def recorded_calls(root: Path) -> list[tuple[str, float]]:
         if not (entry.is_dir(follow_symlinks=False) and _CALL_ID.fullmatch(entry.name)):
             continue
         written = []
-        for speaker in SPEAKERS:
+        for name in (*(f"{speaker}{SUFFIX}" for speaker in SPEAKERS), LOSSLESS):
             with contextlib.suppress(FileNotFoundError):
-                written.append(os.stat(Path(entry.path) / f"{speaker}{SUFFIX}").st_mtime)
+                written.append(os.stat(Path(entry.path) / name).st_mtime)
         if not written:
             try:  # a folder deleted meanwhile (DELETE .../recording) is simply gone
                 written.append(entry.stat(follow_symlinks=False).st_mtime)

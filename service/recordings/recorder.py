@@ -14,9 +14,11 @@ more than the call's wall-clock length of silence: sequence numbers ahead of the
 (plus slack) are not filled up to.
 
 Opus packets the call already carries are stored as they are (no re-encoding); PCM16
-calls are encoded here, in the thread, with the call's Opus settings (docs/recordings.md
-says why lossless was not worth its size). Pages end about every second and are fsync'ed,
-so a node killed mid-call keeps all but the last second or two.
+calls are encoded here, in the thread, with the call's Opus settings. The local side's
+frames are also kept lossless (FLAC, ``lossless=True``): transcribed from it, the post-call
+pass makes measurably fewer errors than from Opus (docs/recordings.md). Pages (and FLAC
+frames) reach the disk about every second and are fsync'ed, so a node killed mid-call keeps
+all but the last second or two.
 
 A write that fails (a full disk above all) ends the recording with a reason, never the call.
 """
@@ -37,12 +39,19 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+import soundfile
 from gevent.monkey import get_original
 
 from service.audio.codecs import Encoder, OpusEncoder
 from service.codec_table import PCM16_FRAME_BYTES, Codec
 from service.frames import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE
-from service.recordings.layout import SPEAKERS, Speaker, fsync_dir, recording_path
+from service.recordings.layout import (
+    SPEAKERS,
+    Speaker,
+    fsync_dir,
+    lossless_path,
+    recording_path,
+)
 from service.recordings.ogg import OPUS_RATE, OggOpusWriter
 from service.threadhub import start_native_thread
 
@@ -68,6 +77,7 @@ class Counters:
     invalid: int = 0  # Opus payloads libopus would not parse, stored as silence
     out_of_order: int = 0
     bytes_written: int = 0
+    lossless_stopped: str | None = None  # why the local FLAC copy ended early (its Opus goes on)
 
 
 def opus_packet_samples(packet: bytes) -> int:
@@ -159,6 +169,86 @@ class _Track:
         self._file.close()
 
 
+class _LosslessTrack:
+    """The local side's frames as FLAC (16 kHz mono, 16 bit); used by the writer thread
+    only. On the same timeline as the Opus file: a frame missing from the queue becomes
+    silence, and a sequence number far ahead of the clock is not padded up to.
+
+    A failure ends this copy only (``failed`` says why), never the Opus recording beside
+    it: libsndfile reports a full disk as a short write, which the Opus files then report
+    as ``disk_full``."""
+
+    def __init__(self, path: Path, t0: float) -> None:
+        self.path = path
+        self.failed: str | None = None
+        self.next_seq = 0
+        self.synced_at = time.monotonic()
+        self._t0 = t0
+        self._silence = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+        self._sf: soundfile.SoundFile | None = None
+        self._guarded(self._open)
+
+    def _open(self) -> None:
+        self._sf = soundfile.SoundFile(
+            self.path, "w", samplerate=SAMPLE_RATE, channels=1, format="FLAC", subtype="PCM_16"
+        )
+
+    def _guarded(self, step: Callable[[], None]) -> None:
+        if self.failed is not None:
+            return
+        try:
+            step()
+        except Exception as exc:  # soundfile raises RuntimeError, AssertionError, OSError
+            self.failed = f"{type(exc).__name__}: {exc}"[:200]
+            log.warning("lossless copy %s stopped: %s", self.path, self.failed)
+            self.close()
+
+    def add(self, seq: int, pcm: np.ndarray, at: float) -> None:
+        def write() -> None:
+            assert self._sf is not None
+            ahead_limit = int((at - self._t0) * 1000 / FRAME_MS) + AHEAD_SLACK_FRAMES
+            for _ in range(max(0, min(seq, ahead_limit) - self.next_seq)):
+                self._sf.write(self._silence)
+            self._sf.write(pcm)
+            self.next_seq = seq + 1
+
+        if seq >= self.next_seq:
+            self._guarded(write)
+
+    def sync(self, eos: bool = False) -> None:
+        """Encode what is pending and put it on the disk; ``eos``: finish the file (its
+        header then says how long it is)."""
+
+        def flush() -> None:
+            assert self._sf is not None
+            if eos:
+                self._sf.close()
+            else:
+                self._sf.flush()
+            # libsndfile holds its own descriptor; an fsync of another one of the same
+            # file reaches the same data.
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        self._guarded(flush)
+        self.synced_at = time.monotonic()
+
+    @property
+    def size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def close(self) -> None:
+        if self._sf is not None:
+            with contextlib.suppress(Exception):
+                self._sf.close()
+
+
 class CallRecorder:
     """Records one call's two sides under ``root`` (see layout.py for where).
 
@@ -166,15 +256,16 @@ class CallRecorder:
     (``disk_full``, ``io_error: ...``, ``deleted``). ``closed`` is True once the thread is
     done and the files are closed."""
 
-    def __init__(self, root: Path, call_id: str, opus_bitrate: int) -> None:
+    def __init__(self, root: Path, call_id: str, opus_bitrate: int, lossless: bool = False) -> None:
         self.root = Path(root)
         self.call_id = call_id
         self.paths = {s: recording_path(self.root, call_id, s) for s in SPEAKERS}
+        self.lossless = lossless  # the local side also as FLAC (local(..., pcm=frame))
         self.counters = Counters()
         self.stopped: str | None = None
         self.closed = False
         self._bitrate = opus_bitrate
-        self._queue: deque[tuple[int, int, int, bytes, float]] = deque()
+        self._queue: deque[tuple[int, int, int, bytes, float, np.ndarray | None]] = deque()
         self._closing = False
         self._t0 = time.monotonic()
         self._started = datetime.now(UTC).isoformat()
@@ -182,19 +273,21 @@ class CallRecorder:
 
     # -- the hub's side: never blocks ----------------------------------------------------
 
-    def local(self, seq: int, codec: int, payload: bytes) -> None:
-        self._put(0, seq, codec, payload)
+    def local(self, seq: int, codec: int, payload: bytes, pcm: np.ndarray | None = None) -> None:
+        """One frame of this node's own side: ``payload`` as sent, and ``pcm`` (int16,
+        one 20 ms frame) as captured, for the lossless copy."""
+        self._put(0, seq, codec, payload, pcm if self.lossless else None)
 
     def remote(self, seq: int, codec: int, payload: bytes) -> None:
-        self._put(1, seq, codec, payload)
+        self._put(1, seq, codec, payload, None)
 
-    def _put(self, side: int, seq: int, codec: int, payload: bytes) -> None:
+    def _put(self, side: int, seq: int, codec: int, payload: bytes, pcm: np.ndarray | None) -> None:
         if self._closing or self.stopped is not None:
             return
         if len(self._queue) >= MAX_QUEUED:
             self.counters.dropped_queue_full += 1
             return
-        self._queue.append((side, seq, int(codec), payload, time.monotonic()))
+        self._queue.append((side, seq, int(codec), payload, time.monotonic(), pcm))
 
     def close(self) -> None:
         """Finish: what is queued is written, the last pages carry EOS. Returns at once."""
@@ -223,6 +316,7 @@ class CallRecorder:
 
     def _run(self) -> None:
         tracks: list[_Track] = []
+        flac: _LosslessTrack | None = None
         try:
             folder = self.paths["local"].parent
             folder.mkdir(parents=True, exist_ok=True)
@@ -230,9 +324,11 @@ class CallRecorder:
                 tracks.append(
                     _Track(self.paths[speaker], self._tags(speaker), self._bitrate, self._t0)
                 )
+            if self.lossless:
+                flac = _LosslessTrack(lossless_path(self.root, self.call_id), self._t0)
             fsync_dir(folder)
             fsync_dir(self.root)
-            self._loop(tracks)
+            self._loop(tracks, flac)
         except OSError as exc:
             self.stopped = self.stopped or _reason(exc)
             log.warning("call %s: recording stopped: %s", self.call_id, self.stopped)
@@ -243,22 +339,32 @@ class CallRecorder:
             for track in tracks:
                 with contextlib.suppress(OSError):
                     track.close()
+            if flac is not None:
+                flac.close()
+                self.counters.lossless_stopped = flac.failed
             self.closed = True
 
-    def _loop(self, tracks: list[_Track]) -> None:
+    def _loop(self, tracks: list[_Track], flac: _LosslessTrack | None) -> None:
         counters = self.counters
         while True:
             finishing = self._closing
             while self._queue:
-                side, seq, codec, payload, at = self._queue.popleft()
+                side, seq, codec, payload, at, pcm = self._queue.popleft()
                 tracks[side].add(seq, codec, payload, at, counters)
+                if flac is not None and pcm is not None:
+                    flac.add(seq, pcm, at)
             if self.stopped is not None:
                 return  # stopped from outside: keep what is written, no EOS
             now = time.monotonic()
             for track in tracks:
                 if finishing or now - track.flushed_at >= FLUSH_S:
                     track.sync(eos=finishing)
+            if flac is not None and (finishing or now - flac.synced_at >= FLUSH_S):
+                flac.sync(eos=finishing)
+                counters.lossless_stopped = flac.failed
             counters.bytes_written = sum(track.size for track in tracks)
+            if flac is not None:
+                counters.bytes_written += flac.size
             if finishing:
                 return
             _sleep(WAKE_S)
