@@ -55,7 +55,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.asr.longform import speech_in, speech_spans
-from service.asr.vad import make_vad
+from service.asr.segmenter import SegmenterConfig
 from service.audio.wavfile import read_wav
 from service.frames import SAMPLE_RATE
 from service.localnodes import NodeError, NodeProcess
@@ -507,7 +507,7 @@ class Soak:
                 assert wav is not None
                 if wav not in spans_of:
                     audio = read_wav(wav).astype(np.float32) / 32768.0
-                    spans_of[wav] = speech_spans(audio, make_vad("silero"))
+                    spans_of[wav] = speech_spans(audio, SegmenterConfig().make_vad())
                 final = side_spans(views, speaker, peer, "final")
                 live = side_spans(views, speaker, peer, "live")
                 for a, b in spans_of[wav]:
