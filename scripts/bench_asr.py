@@ -21,6 +21,15 @@ WER, offline WER on the same clips with the same model, their ratio, p50/p95 fin
 
 ``--silence [MINUTES]`` streams MINUTES (default 10) of each noise type alone, with nobody
 speaking, and prints the words that reached a final or a partial (each must be 0).
+
+``--with-pass [MODEL]`` runs a post-call pass beside the live calls the whole time, as a node
+does after a call ends: the node's LongFormTranscriber (MODEL, default the live one, word
+timings on) over the clips back to back, again and again, giving way to live decoding as
+it does on a node. The live latency figures are then those of captions while a pass runs;
+the pass's own progress is printed after the table:
+
+    scripts/bench_asr --model tiny.en --calls 1 --max-audio-s 120 --no-offline
+    scripts/bench_asr --model tiny.en --calls 1 --max-audio-s 120 --no-offline --with-pass
 """
 
 from __future__ import annotations
@@ -452,6 +461,70 @@ def silence(engine: AsrEngine, args: argparse.Namespace, config: SegmenterConfig
     return 1 if total else 0
 
 
+class BesidePass:
+    """A post-call pass running beside the live calls (``--with-pass``): the node's own
+    LongFormTranscriber over the clips back to back, from a greenlet, over and over."""
+
+    def __init__(
+        self,
+        engine: AsrEngine,
+        args: argparse.Namespace,
+        clips: list[Clip],
+        config: SegmenterConfig,
+    ) -> None:
+        from service.asr.longform import LongFormTranscriber
+
+        gap = np.zeros(int(GAP_S * SAMPLE_RATE), dtype=np.int16)
+        pcm = np.concatenate([x for c in clips[:12] for x in (c.pcm, gap)])
+        self.audio = pcm.astype(np.float32) / 32768.0
+        self.transcriber = LongFormTranscriber(
+            args.with_pass or args.model,
+            args.model_dir,
+            args.device,
+            args.compute_type,
+            "",
+            busy=lambda: engine.pending > 0,
+            make_vad=config.make_vad,
+        )
+        t = time.monotonic()
+        self.transcriber.prepare()
+        print(
+            f"pass beside the calls: {self.transcriber.model_name}, loaded in "
+            f"{time.monotonic() - t:.1f} s, over {self.audio.size / SAMPLE_RATE:.0f} s of clips"
+        )
+        self.passes = 0
+        self.share = 0.0
+        self.started = time.monotonic()
+        self._greenlet = gevent.spawn(self._loop)
+
+    def _loop(self) -> None:
+        from service.vocab import Task
+
+        def progress(share: float) -> None:
+            self.share = share
+
+        while True:
+            self.transcriber.transcribe(self.audio, "en", Task.TRANSCRIBE, progress)
+            self.passes += 1
+            self.share = 0.0
+
+    def reset(self) -> None:
+        self.passes, self.started = 0, time.monotonic()
+        self.transcriber.waited_s = 0.0
+
+    def report(self) -> str:
+        wall = time.monotonic() - self.started
+        done = (self.passes + self.share) * self.audio.size / SAMPLE_RATE
+        return (
+            f"pass beside: {done:.0f} s of audio transcribed in {wall:.0f} s "
+            f"({done / wall:.2f}x real time), {self.transcriber.waited_s:.0f} s given way"
+        )
+
+    def close(self) -> None:
+        self._greenlet.kill(block=False)
+        self.transcriber.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         prog="scripts/bench_asr",
@@ -504,6 +577,14 @@ def main() -> int:
         help="stream MINUTES (default 10) of each noise alone; print the words (must be 0)",
     )
     ap.add_argument("--noises", nargs="+", default=None, help="--silence: only these noises")
+    ap.add_argument(
+        "--with-pass",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="MODEL",
+        help="a post-call pass (MODEL, default --model) runs beside the calls the whole time",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -545,8 +626,11 @@ def main() -> int:
         f"{'WER':>6} {'CER':>6} {'lang':>7}"
     )
     print(head)
+    beside = BesidePass(engine, args, clips, config) if args.with_pass is not None else None
     used: set[str] = set()
     for n in args.calls:
+        if beside is not None:
+            beside.reset()
         r = run(engine, args, clips, n, config)
         used |= r["used"]
         print(
@@ -559,11 +643,15 @@ def main() -> int:
         if args.show:
             for language, ref, hyp in r["pairs"]:
                 print(f"    [{language}] REF {ref}\n         HYP {hyp}")
+        if beside is not None:
+            print(f"    {beside.report()}")
     print(
         "p50/p95/max: end of speech -> final committed (s); cad: median s between partials; "
         "RTF: worker busy s / audio s; util: worker busy share of wall time; batch: mean "
         "items per batch; xRT: audio s streamed per wall s; lang: finals in the clip's language"
     )
+    if beside is not None:
+        beside.close()
     if not args.no_offline:
         streamed = [c for c in clips if c.file in used]
         cache = OfflineCache(args.offline_cache, args.model)
