@@ -115,6 +115,7 @@ def main() -> int:
     ap.add_argument("--clips", type=int, default=12)
     ap.add_argument("--speech-dir", type=Path, default=ROOT.parent / "shared/data/speech")
     ap.add_argument("--model-dir", type=Path, default=ROOT / "data/models")
+    ap.add_argument("--show", action="store_true", help="print the reference and each text")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_final-") as tmp:
         wav = Path(tmp) / "speech.wav"
@@ -134,6 +135,15 @@ def main() -> int:
                 f"{wer(reference, opus):>12.1%} {took:.0f} s (both nodes at once)",
                 flush=True,
             )
+            if args.show:
+                norm = EnglishTextNormalizer()
+                for name, said in (
+                    ("REF", reference),
+                    ("live", live),
+                    ("flac", flac),
+                    ("opus", opus),
+                ):
+                    print(f"    {name:<5} {norm(said)}")
     return 0
 
 
