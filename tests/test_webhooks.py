@@ -38,11 +38,12 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from service.api.views import stored_session
 from service.config import ConfigError, load_settings
 from service.localnodes import NodeProcess, free_port, start_call, wait_for_final_transcripts
 from service.store import outbox
 from service.store.db import Store, utcnow
-from service.store.models import OutboxRow
+from service.store.models import Call, OutboxRow
 from service.vocab import Segment, Speaker
 
 RECEIVER = ROOT / "tests" / "webhook_receiver.py"
@@ -190,6 +191,25 @@ def rows(store: Store, endpoint: str = "a") -> list[tuple[str, str | None, str]]
     with store.session() as s:
         got = s.query(OutboxRow).filter_by(endpoint=endpoint).order_by(OutboxRow.id)
         return [(r.type, r.call_id, r.event_id) for r in got]
+
+
+def test_a_calls_event_describes_it_as_the_api_does(store):
+    # A call with no live captions (transcribe: "after") and a node id: the event said
+    # "transcribe": false, and null for a row from before node ids.
+    for call_id, fields in (("c1", {"transcribe": False, "transcribe_after": True}), ("c2", {})):
+        store_call(store, call_id, mode="dial", state="connecting", node_id="node-a", **fields)
+    store_call(store, "c3", mode="dial", state="connecting")  # node_id "": before node ids
+    with store.session() as s:
+        sent = {
+            r.call_id: json.loads(r.body)["data"]
+            for r in s.query(OutboxRow).filter_by(endpoint="a", type="call.started")
+        }
+        shown = {c.id: c for c in s.query(Call)}
+    assert sent["c1"]["transcribe"] == "after" and sent["c2"]["transcribe"] is True
+    assert sent["c1"]["node_id"] == "node-a" and sent["c3"]["node_id"] == ""
+    for call_id, data in sent.items():  # the same as GET /sessions/<id> shows
+        view = stored_session(shown[call_id], {})
+        assert (data["transcribe"], data["node_id"]) == (view["transcribe"], view["node_id"])
 
 
 def test_an_event_is_written_exactly_when_its_row_is_committed(store):

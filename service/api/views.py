@@ -99,7 +99,7 @@ def stored_session(call: Call, segments: dict[str, int]) -> dict[str, Any]:
         input=call.input,
         output=call.output,
         language=call.language,
-        transcribe="after" if call.transcribe_after else call.transcribe,
+        transcribe=call.transcribe_field,
         task=call.task,
         created_at=_iso(call.created_at),
         connected_at=_iso(call.connected_at),

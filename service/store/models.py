@@ -99,6 +99,11 @@ class Call(Base):
         back_populates="call", cascade="all, delete-orphan", order_by="SegmentRow.id"
     )
 
+    @property
+    def transcribe_field(self) -> bool | str:
+        """``transcribe`` as the API takes and shows it: true, false or "after"."""
+        return "after" if self.transcribe_after else self.transcribe
+
 
 class SegmentRow(Base):
     """A stored ``vocab.Segment`` (``to_segment`` gives it back), with its row id (the

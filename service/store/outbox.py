@@ -58,14 +58,14 @@ def call_data(call: Call) -> dict[str, Any]:
     (its device specs stay on the node)."""
     return {
         "call_id": call.id,
-        "node_id": getattr(call, "node_id", None) or None,
+        "node_id": call.node_id,
         "mode": call.mode,
         "state": call.state,
         "address": call.local_address,
         "peer": call.peer_address,
         "language": call.language,
         "task": call.task,
-        "transcribe": call.transcribe,
+        "transcribe": call.transcribe_field,  # true, false or "after", as the API says
         "created_at": _iso(call.created_at),
         "connected_at": _iso(call.connected_at),
         "ended_at": _iso(call.ended_at),
