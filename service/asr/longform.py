@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import _queue
 import contextlib
+import math
 import os
 import time
 from collections.abc import Callable
@@ -62,6 +63,8 @@ HALLUCINATION_SILENCE_S = 2.0
 SPAN_MERGE_S = 0.5  # VAD speech closer than this is one stretch
 SPAN_MIN_S = 0.25  # shorter VAD blips are not speech worth a decode
 GAP_PAD_S = 0.3  # context around a stretch of speech decoded on its own
+CLIP_PAD_S = 0.5  # decoded around each stretch of speech: its first and last sounds
+CLIP_MERGE_S = 5.0  # silences shorter than this are decoded through, longer ones skipped
 
 
 class LongFormError(RuntimeError):
@@ -250,11 +253,17 @@ class LongFormTranscriber:
         ]
         try:
             language = job.language or (None if model.is_multilingual else "en")
-            found, language = self._decode(job.audio, 0.0, language, job.task)
-            # Long-form decoding can jump over speech (a timestamp that skips ahead) and
-            # invent words in silence: the VAD says where speech is. A segment without
-            # any is dropped; speech that no segment covers is decoded on its own.
+            # The VAD says where speech is. Only those stretches are decoded (a side of a
+            # call is mostly the other person talking: each 30 s window of silence cost
+            # a decode and its temperature fallbacks, and invited invented words);
+            # long-form decoding can still jump over speech (a timestamp that skips
+            # ahead) and invent words in what silence a clip holds: a segment without
+            # speech under it is dropped, and speech no segment covers is decoded alone.
             spans = speech_spans(job.audio, self._make_vad())
+            if not spans:
+                return []
+            clips = speech_clips(spans, duration)
+            found, language = self._decode(job.audio, 0.0, language, job.task, clips=clips)
             kept = [seg for seg in found if speech_in(seg.start, seg.end, spans) > 0]
             for start, end in uncovered(spans, kept):
                 a, b = max(0.0, start - GAP_PAD_S), end + GAP_PAD_S
@@ -274,9 +283,11 @@ class LongFormTranscriber:
         language: str | None,
         task: Task,
         condition: bool = True,
+        clips: list[float] | None = None,
     ) -> tuple[list[LongSegment], str | None]:
         """``whisper.transcribe`` of ``audio`` with word timestamps, times + ``offset``;
-        and the language it decoded in."""
+        and the language it decoded in. ``clips`` (start, end, start, end... seconds):
+        decode only those stretches (whisper's ``clip_timestamps``)."""
         import whisper
 
         result = whisper.transcribe(
@@ -287,6 +298,7 @@ class LongFormTranscriber:
             word_timestamps=True,
             condition_on_previous_text=condition,
             hallucination_silence_threshold=HALLUCINATION_SILENCE_S,
+            clip_timestamps=clips if clips else "0",
             fp16=self._fp16,
             verbose=None,
         )
@@ -325,6 +337,27 @@ def speech_spans(audio: np.ndarray, vad: Vad) -> list[tuple[float, float]]:
         else:
             spans.append([t, t + frame_s])
     return [(a, b) for a, b in spans if b - a >= SPAN_MIN_S]
+
+
+def speech_clips(spans: list[tuple[float, float]], duration: float) -> list[float]:
+    """The stretches of a side worth decoding, flat (start, end, start, end...): each
+    span of speech padded by CLIP_PAD_S, and those closer than CLIP_MERGE_S joined, so
+    that the decoder hears a sentence's pauses and carries its context across them."""
+    # Whisper seeks in 10 ms mel frames, and loops for ever on a clip that ends past the
+    # last one (openai/whisper#2005): every time is floored to a frame, and ends one frame
+    # short of the audio's end.
+    last = math.floor(duration * 100 - 1) / 100
+    clips: list[list[float]] = []
+    for a, b in spans:
+        a = math.floor(max(0.0, a - CLIP_PAD_S) * 100) / 100
+        b = min(last, math.floor((b + CLIP_PAD_S) * 100) / 100)
+        if b <= a:
+            continue
+        if clips and a - clips[-1][1] < CLIP_MERGE_S:
+            clips[-1][1] = max(clips[-1][1], b)
+        else:
+            clips.append([a, b])
+    return [t for clip in clips for t in clip]
 
 
 def speech_in(start: float, end: float, spans: list[tuple[float, float]]) -> float:

@@ -287,7 +287,10 @@ class PostCall:
             segments = self.transcriber.transcribe(audio, call.language, task, progress)
             mine = [s for s in live if s.speaker == side.speaker]
             spans = [(s.start_s, s.end_s) for s in mine]
-            lost = [s for s in mine if s.end_s > side.duration_s + RECORDED_SLACK_S]
+            # What the audio read holds (a lossless copy can hold more than the Opus
+            # file after a kill: each reaches the disk on its own second).
+            recorded_s = max(side.duration_s, len(audio) / SAMPLE_RATE)
+            lost = [s for s in mine if s.end_s > recorded_s + RECORDED_SLACK_S]
             carried: list[SegmentRow] = []
             if lost:  # the recording lost audio that the live pass transcribed
                 cut = min(s.start_s for s in lost)
