@@ -238,7 +238,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     ),
     "recordings_dir": (
         "IM_RECORDINGS_DIR",
-        "Where call recordings (Ogg Opus, both sides) are kept (default: DATA/recordings).",
+        "Where call recordings (Ogg Opus, both sides; FLAC, the local one) are kept "
+        "(default: DATA/recordings).",
     ),
     "recording_retention_days": (
         "IM_RECORDING_RETENTION_DAYS",

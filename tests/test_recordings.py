@@ -212,6 +212,10 @@ def test_a_lossless_copy_that_cannot_be_written_leaves_the_opus_recording_whole(
     assert rec.counters.lossless_stopped is not None
     (local, _) = list_recordings(tmp_path, call_id)
     assert local.complete and local.duration_s == pytest.approx(2.0, abs=0.03)
+    assert local.lossless is None  # a folder of that name is no copy (nor an empty file)
+    (tmp_path / call_id / "local.flac").rmdir()
+    (tmp_path / call_id / "local.flac").touch()
+    assert list_recordings(tmp_path, call_id)[0].lossless is None
 
 
 def test_a_peer_cannot_make_the_recorder_write_more_than_the_calls_length(tmp_path):
@@ -447,6 +451,9 @@ def test_both_sides_are_recorded_served_with_ranges_and_deleted_for_good(tmp_pat
         assert part.status_code == 206 and part.get_data() == saved.read_bytes()[100:200]
         wrong = api.get(f"/sessions/{la.id}/recording?speaker=remote&format=flac")
         assert wrong.status_code == 400 and "speaker=local" in wrong.get_json()["error"]["message"]
+        (a.settings.recordings_dir / la.id / "local.flac").unlink()
+        none = api.get(f"/sessions/{la.id}/recording?speaker=local&format=flac")
+        assert none.status_code == 404 and none.get_json()["error"]["code"] == "no_recording"
 
         gone = api.delete(f"/sessions/{la.id}/recording")
         assert gone.status_code == 200 and gone.get_json()["deleted"] is True

@@ -135,7 +135,8 @@ def _live_recording(session: CallSession) -> dict[str, Any]:
         "deleted_at": _iso(session.recording_deleted_at),
     }
     if recorder is not None:
-        out["lossless"] = recorder.lossless
+        # Kept, and still being written (a copy whose writer failed says why in stats).
+        out["lossless"] = recorder.lossless and recorder.counters.lossless_stopped is None
         out["stats"] = asdict(recorder.counters)
     return out
 

@@ -231,6 +231,7 @@ class LongFormTranscriber:
         model = self._model
         duration = max(len(job.audio) / SAMPLE_RATE, 1e-3)
         windows = 0
+        expected = 1  # windows the decode is expected to take (set once the clips are known)
         decode = type(model).decode
 
         def gated_decode(mel: Any, options: Any) -> Any:
@@ -238,7 +239,8 @@ class LongFormTranscriber:
             if job.cancelled or self._closed:
                 raise LongFormError("cancelled")
             if options.temperature == 0.0:  # a new window (not a retry at a higher one)
-                _reply(job, ("progress", min(1.0, windows * WINDOW_S / duration)))
+                # Long-form decoding often seeks less than a window: under 1 until done.
+                _reply(job, ("progress", min(0.99, windows / expected)))
                 windows += 1
             self._give_way()
             return decode(model, mel, options)
@@ -263,6 +265,10 @@ class LongFormTranscriber:
             if not spans:
                 return []
             clips = speech_clips(spans, duration)
+            expected = sum(
+                max(1, math.ceil((b - a) / WINDOW_S))
+                for a, b in zip(clips[::2], clips[1::2], strict=True)
+            )
             found, language = self._decode(job.audio, 0.0, language, job.task, clips=clips)
             kept = [seg for seg in found if speech_in(seg.start, seg.end, spans) > 0]
             for start, end in uncovered(spans, kept):

@@ -97,21 +97,22 @@ def _to_float(s16le: bytes) -> np.ndarray:
     return audio
 
 
-def side_audio(side: RecordingFile) -> np.ndarray:
-    """What the pass transcribes of a side: its lossless copy when one was kept (fewer
-    errors: docs/recordings.md), read up to any damage as a torn Ogg page is, unless it
-    ended early (its writer failed) and holds less of the call than the Opus file."""
+def side_audio(side: RecordingFile) -> tuple[np.ndarray, float]:
+    """What the pass transcribes of a side, and how far into the call it reaches (s): its
+    lossless copy when one was kept (fewer errors: docs/recordings.md), read up to any
+    damage as a torn Ogg page is, unless it ended early (its writer failed) and holds
+    less of the call than the Opus file."""
     if side.lossless is not None:
         with contextlib.suppress(LongFormError):  # unreadable: the Opus file then
             audio = decode_audio(side.lossless)
             if len(audio) / SAMPLE_RATE >= side.duration_s - LOSSLESS_SHORT_S:
-                return audio
+                return audio, len(audio) / SAMPLE_RATE
             log.warning(
                 "%s holds less than %s: the pass reads the latter",
                 side.lossless.name,
                 side.path.name,
             )
-    return decode_audio(side.path)
+    return decode_audio(side.path), side.duration_s
 
 
 def overlaps_live(segment: LongSegment, live: list[tuple[float, float]]) -> bool:
@@ -283,13 +284,12 @@ class PostCall:
             progress.side = i
             if side.interrupted:  # the call is over: nothing writes this file any more
                 off_hub(trim_torn_tail, side)
-            audio = side_audio(side)
+            # recorded_s: how far the audio read reaches (after a kill a lossless copy
+            # and its Opus file each end on their own last flush).
+            audio, recorded_s = side_audio(side)
             segments = self.transcriber.transcribe(audio, call.language, task, progress)
             mine = [s for s in live if s.speaker == side.speaker]
             spans = [(s.start_s, s.end_s) for s in mine]
-            # What the audio read holds (a lossless copy can hold more than the Opus
-            # file after a kill: each reaches the disk on its own second).
-            recorded_s = max(side.duration_s, len(audio) / SAMPLE_RATE)
             lost = [s for s in mine if s.end_s > recorded_s + RECORDED_SLACK_S]
             carried: list[SegmentRow] = []
             if lost:  # the recording lost audio that the live pass transcribed

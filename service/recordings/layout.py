@@ -22,6 +22,7 @@ import functools
 import os
 import re
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -97,12 +98,20 @@ def list_recordings(root: Path, call_id: str) -> list[RecordingFile]:
             continue
         s = _scanned(str(path), st.st_ino, st.st_size, st.st_mtime_ns)
         flac = lossless_path(root, call_id) if speaker == "local" else None
-        if flac is not None and not flac.exists():
+        if flac is not None and not _nonempty_file(flac):
             flac = None
         out.append(
             RecordingFile(speaker, path, s.complete, st.st_size, s.valid_bytes, s.duration_s, flac)
         )
     return out
+
+
+def _nonempty_file(path: Path) -> bool:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size > 0
 
 
 @functools.lru_cache(maxsize=SCANS_KEPT)

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-import soundfile
 from gevent.monkey import get_original
 
 from service.audio.codecs import Encoder, OpusEncoder
@@ -175,8 +174,9 @@ class _LosslessTrack:
     silence, and a sequence number far ahead of the clock is not padded up to.
 
     A failure ends this copy only (``failed`` says why), never the Opus recording beside
-    it: libsndfile reports a full disk as a short write, which the Opus files then report
-    as ``disk_full``."""
+    it: libsndfile reports a full disk as a bare "System error.", the Opus files then say
+    ``disk_full``. soundfile (and libsndfile with it) is imported here, at the first copy,
+    so a platform without it records Opus only."""
 
     def __init__(self, path: Path, t0: float) -> None:
         self.path = path
@@ -185,10 +185,12 @@ class _LosslessTrack:
         self.synced_at = time.monotonic()
         self._t0 = t0
         self._silence = np.zeros(FRAME_SAMPLES, dtype=np.int16)
-        self._sf: soundfile.SoundFile | None = None
+        self._sf: Any = None  # a soundfile.SoundFile
         self._guarded(self._open)
 
     def _open(self) -> None:
+        import soundfile
+
         self._sf = soundfile.SoundFile(
             self.path, "w", samplerate=SAMPLE_RATE, channels=1, format="FLAC", subtype="PCM_16"
         )
@@ -216,17 +218,18 @@ class _LosslessTrack:
             self._guarded(write)
 
     def sync(self, eos: bool = False) -> None:
-        """Encode what is pending and put it on the disk; ``eos``: finish the file (its
-        header then says how long it is)."""
+        """Put what libsndfile holds on the disk (sf_write_sync: its write and fsync; the
+        samples of libFLAC's unfinished block, under 0.26 s, wait for the next one);
+        ``eos``: finish the file, its header then saying how long it is."""
 
         def flush() -> None:
             assert self._sf is not None
-            if eos:
-                self._sf.close()
-            else:
+            if not eos:
                 self._sf.flush()
-            # libsndfile holds its own descriptor; an fsync of another one of the same
-            # file reaches the same data.
+                return
+            self._sf.close()
+            # Its descriptor is gone with it; an fsync of another one of the same file
+            # reaches the same data.
             fd = os.open(self.path, os.O_RDONLY)
             try:
                 os.fsync(fd)
