@@ -23,9 +23,9 @@ Below live decoding, three ways:
 
 Nothing said is lost, nothing is invented: long-form decoding can jump over a stretch of
 speech (a timestamp token that skips ahead) and can put words in silence ("you" on a
-silent side). The VAD the live path uses marks where speech is; a segment with no speech
-under it is dropped, and speech that no segment covers is decoded again on its own
-(``recovered``).
+silent side). The VAD the live path uses marks where speech is; only those stretches are
+decoded (``speech_clips``), a segment with no speech under it is dropped, and speech that
+no segment covers is decoded again on its own (``recovered``).
 
 The thread never touches gevent: its progress and results travel to the hub through a
 ``ThreadToHub``, and the greenlet that asked waits there, cooperatively.
