@@ -76,7 +76,11 @@ def wait_pass(node: NodeProcess, call_id: str, timeout: float) -> dict[str, Any]
     raise TimeoutError(f"node {node.name}: the pass of {call_id} did not finish in {timeout} s")
 
 
-def one_run(final_model: str, wav: Path, duration_s: float, root: Path, model_dir: Path):
+def one_run(
+    final_model: str, wav: Path, duration_s: float, root: Path, model_dir: Path
+) -> tuple[str, str, str, float]:
+    """One call through two fresh nodes: A's live text, A's final text of its own side, B's
+    final text of A's side, and how long the passes took (s)."""
     env = {"IM_FINAL_MODEL": final_model}
     a = NodeProcess("A", root / "a", env=env, model_dir=model_dir)
     b = NodeProcess("B", root / "b", env=env, model_dir=model_dir)
