@@ -78,3 +78,18 @@ def test_the_call_that_would_fill_the_worker_is_refused_before_it_does() -> None
         room.observe(0.4, 1, [0.1], [f"call {i % 2}"])
     verdict = room.verdict()
     assert verdict.streams == 2 and not verdict.saturated, verdict
+
+
+def test_a_stream_that_ended_is_no_load_for_the_next_call() -> None:
+    # A busy call hangs up: its finals filled the last 20 s, and the next call was refused
+    # for that whole window (tests/test_call.py saw it: 80 % busy, "about 100 % with one
+    # more", right after its calls had ended). Forgotten, only the others count.
+    clock = Clock()
+    room = Headroom(window_s=20, busy_max=0.8, wait_max_s=2, clock=clock)
+    for i in range(20):
+        clock.now += 1.0
+        room.observe(0.9, 1, [0.1], ["ended" if i % 3 else "running"])
+    assert room.verdict().saturated
+    room.forget("ended")
+    verdict = room.verdict()
+    assert verdict.streams == 1 and verdict.finals_busy == 0.315 and not verdict.saturated

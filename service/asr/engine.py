@@ -247,6 +247,10 @@ class AsrEngine:
         self._worker.wake()
         return True
 
+    def forget(self, stream: Any) -> None:
+        """``stream`` has ended: its finals no longer count in ``headroom``."""
+        self._worker.headroom.forget(id(stream))
+
     def withdraw(self, stream: Any) -> int:
         """Answer ``stream``'s queued requests as withdrawn, now (on the hub), without
         decoding them; how many finals that was."""

@@ -64,11 +64,9 @@ class Headroom:
         self.wait_max_s = wait_max_s
         self._clock = clock
         self._lock = native_lock()
-        # (when the batch ended, seconds it spent on finals, the finals' queue waits, and
-        # the streams they came from)
-        self._batches: deque[tuple[float, float, tuple[float, ...], tuple[Hashable, ...]]] = deque(
-            maxlen=MAX_ENTRIES
-        )
+        # One entry per final decoded: (when its batch ended, its share of the batch's
+        # time, how long it had waited, its stream)
+        self._finals: deque[tuple[float, float, float, Hashable]] = deque(maxlen=MAX_ENTRIES)
 
     def observe(
         self,
@@ -82,19 +80,31 @@ class Headroom:
         shared among its items."""
         if batch_size <= 0:
             return
-        finals_s = took_s * len(final_waits) / batch_size
+        share = took_s / batch_size
+        who = list(streams) or [None] * len(final_waits)
+        now = self._clock()
         with self._lock:
-            self._batches.append((self._clock(), finals_s, tuple(final_waits), tuple(streams)))
+            for wait, stream in zip(final_waits, who, strict=False):
+                self._finals.append((now, share, wait, stream))
+
+    def forget(self, stream: Hashable) -> None:
+        """``stream`` has ended: its finals are no load any more. A call that just hung up
+        would otherwise count against the next one for a whole window (a new call was
+        refused right after a busy one ended, with nothing else running)."""
+        with self._lock:
+            kept = [f for f in self._finals if f[3] != stream]
+            self._finals.clear()
+            self._finals.extend(kept)
 
     def verdict(self) -> Verdict:
         now = self._clock()
         since = now - self.window_s
         with self._lock:
-            while self._batches and self._batches[0][0] < since:
-                self._batches.popleft()
-            busy = sum(b[1] for b in self._batches)
-            waits = [w for b in self._batches for w in b[2]]
-            streams = len({s for b in self._batches for s in b[3]})
+            while self._finals and self._finals[0][0] < since:
+                self._finals.popleft()
+            busy = sum(f[1] for f in self._finals)
+            waits = [f[2] for f in self._finals]
+            streams = len({f[3] for f in self._finals if f[3] is not None})
         finals_busy = min(1.0, busy / self.window_s)
         projected = min(1.0, finals_busy * (streams + 1) / streams) if streams else finals_busy
         wait = median(waits) if waits else None
@@ -112,4 +122,4 @@ class Headroom:
 
     def reset(self) -> None:
         with self._lock:
-            self._batches.clear()
+            self._finals.clear()

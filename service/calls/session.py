@@ -321,6 +321,7 @@ class CallSession:
             log.warning(
                 "call %s: ended with %d utterances untranscribed", self.id, self.untranscribed
             )
+        self.transcript.release()
         if link is None:
             return
         if notify_peer:

@@ -118,6 +118,14 @@ class CallTranscript:
         for stream in self._streams.values():
             stream.idle.wait(max(0.0, deadline - time.monotonic()))
 
+    def release(self) -> None:
+        """The call's live pass is over: its finals stop counting as load in admission
+        (asr/headroom.py), so a call that just ended does not turn the next one away."""
+        engine = self._ctx.engine
+        if engine is not None:
+            for stream in self._streams.values():
+                engine.forget(stream)
+
     # -- segments -----------------------------------------------------------------------
 
     def _on_final(self, speaker: Speaker, utterance: int, segments: list[Segment]) -> None:
