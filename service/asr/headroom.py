@@ -18,7 +18,8 @@ the share alone, took it to 100 %: every call's p95 then grew 27 % in the next m
 
 A node that admits calls only while neither holds keeps the running calls' caption latency
 (issue 15: capacity-aware admission). Listening calls that wait for a peer send nothing to
-the worker, so they count for nothing here. Nothing here knows of a model or a thread;
+the worker, so they count for nothing here, and a call that has ended counts no more
+(``forget``, at the end of its hang-up drain). Nothing here knows of a model or a thread;
 time comes from an injectable clock (tests/test_headroom.py).
 """
 
