@@ -19,7 +19,6 @@ Prints one line per final model, with how long the passes took.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ import soundfile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_asr import GAP_S, load_clips
 from whisper.normalizers import EnglishTextNormalizer
 
 from service.audio.wavfile import read_wav
@@ -39,21 +39,17 @@ from service.frames import SAMPLE_RATE
 from service.localnodes import NodeProcess, start_call
 
 ROOT = Path(__file__).resolve().parents[1]
-GAP_S = 1.0
 MAX_CLIP_S = 12.0
 
 
 def speech(manifest_dir: Path, count: int, out: Path) -> str:
-    """The first ``count`` English clips of at most MAX_CLIP_S, with GAP_S between them,
-    written to ``out``; their references joined."""
-    with open(manifest_dir / "manifest.tsv", encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    rows = [r for r in rows if r["language"] == "en" and float(r["duration_s"]) <= MAX_CLIP_S]
-    rows = rows[:count]
+    """The first ``count`` English clips of at most MAX_CLIP_S (bench_asr's loader), with
+    GAP_S between them, written to ``out``; their references joined."""
+    clips = load_clips(manifest_dir, ["en"], count, max_clip_s=MAX_CLIP_S)
     gap = np.zeros(int(GAP_S * SAMPLE_RATE), dtype=np.int16)
-    pcm = np.concatenate([x for r in rows for x in (gap, read_wav(manifest_dir / r["file"]))])
+    pcm = np.concatenate([x for c in clips for x in (gap, c.pcm)])
     soundfile.write(out, np.concatenate([pcm, gap]), SAMPLE_RATE, subtype="PCM_16")
-    return " ".join(r["reference_text"] for r in rows)
+    return " ".join(c.reference for c in clips)
 
 
 def wer(reference: str, hypothesis: str) -> float:
