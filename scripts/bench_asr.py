@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import re
 import sys
 import time
 import zlib
@@ -156,14 +157,35 @@ def normaliser(language: str) -> Callable[[str], str]:
     return EnglishTextNormalizer() if language == "en" else BasicTextNormalizer()
 
 
+_DIGITS = re.compile(r"\d+")
+
+
+def digits_apart(text: str) -> str:
+    """Normalised text with every digit a word of its own.
+
+    Whisper's English normaliser joins a spoken digit string into one word ("one zero zero
+    one eight" -> "10018") and spells a lone 1 as "one"; a decode that writes the same digits
+    in groups ("1001. 8", "1-0-0-1-8") would then score one error per group against a
+    reference of one word, and the WER of a 15-digit clip swings by 10 words on how the
+    digits happen to be grouped. Apart, each digit is scored as the word it was spoken as.
+    """
+    words = [d for w in text.split() for d in (list(w) if _DIGITS.fullmatch(w) else [w])]
+    for i, w in enumerate(words):
+        near = words[max(0, i - 1) : i] + words[i + 1 : i + 2]
+        if w == "one" and any(n.isdigit() for n in near):
+            words[i] = "1"
+    return " ".join(words)
+
+
 def scores(pairs: list[tuple[str, str, str]]) -> tuple[float, float]:
-    """Corpus WER and CER over (language, reference, hypothesis), normalised per language."""
+    """Corpus WER and CER over (language, reference, hypothesis), normalised per language,
+    digits scored one by one (`digits_apart`)."""
     import jiwer
 
     refs, hyps = [], []
     for language, ref, hyp in pairs:
         norm = normaliser(language)
-        r, h = norm(ref).strip(), norm(hyp).strip()
+        r, h = digits_apart(norm(ref).strip()), digits_apart(norm(hyp).strip())
         if language in ("zh", "ja"):  # no spaces: score characters as words
             r, h = " ".join(r.replace(" ", "")), " ".join(h.replace(" ", ""))
         refs.append(r or "<empty>")
@@ -187,6 +209,7 @@ def attach_stream(
             "language": args.language,
             "partial_interval_s": args.partial_interval_s,
             "prompt_chars": args.prompt_chars,
+            "early_finals": not args.no_early_finals,
         }
     call.stream = StreamTranscriber(
         engine,
@@ -306,7 +329,7 @@ def run(
         "lang_ok": f"{detected_ok}/{detected_n}",
         "throughput": audio_s / wall,
         "drops": {
-            k: v for k, v in stats.items() if (k.startswith(("dropped_", "partials_s"))) and v
+            k: v for k, v in stats.items() if (k.startswith(("dropped_", "partials_"))) and v
         },
         "pairs": pairs,
         "used": {p.clip.file for c in calls for p in c.placed},
@@ -558,6 +581,11 @@ def main() -> int:
     ap.add_argument("--vad", default="silero", choices=["silero", "webrtc"])
     ap.add_argument(
         "--end-silence-ms", type=int, default=500, help="silence that ends an utterance"
+    )
+    ap.add_argument(
+        "--no-early-finals",
+        action="store_true",
+        help="decode a final only once its utterance has ended (StreamTranscriber.early_finals)",
     )
     ap.add_argument("--no-offline", action="store_true", help="skip the offline comparison")
     ap.add_argument("--show", action="store_true", help="print each clip's hypothesis")
