@@ -103,6 +103,22 @@ def test_float16_weights_keep_the_output(model_dir) -> None:
     assert text16[0].text == text32[0].text
 
 
+def test_a_cpu_model_keeps_its_output_projection_contiguous_and_its_logits(model_dir) -> None:
+    """The decoder multiplies by the token embedding's transpose for every token; on a CPU
+    that matrix is stored contiguous (precision.output_rows_contiguous), with the logits of
+    the row-major layout Whisper loads."""
+    model = load_model("tiny.en", model_dir, "cpu", "float32")
+    weight = model.decoder.token_embedding.weight
+    assert weight.t().is_contiguous()
+    audio = torch.randn(1, model.dims.n_audio_ctx, model.dims.n_audio_state)
+    tokens = torch.tensor([[50257, 50362, 440, 1049]])  # <|startoftranscript|> ... " The"
+    with torch.no_grad():
+        got = model.decoder(tokens, audio)
+        model.decoder.token_embedding.weight = torch.nn.Parameter(weight.detach().contiguous())
+        want = model.decoder(tokens, audio)
+    assert torch.allclose(got, want, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     ("requested", "device", "expected"),
     [
