@@ -1,11 +1,13 @@
 """The ASR queue's policy (service/asr/scheduler.py) on a simulated clock, with no model:
-finals first, superseded, stale and declined partials, a full queue, the batch size cap,
-and every drop counted."""
+finals first, superseded, stale, declined and preempted partials, a full queue, the batch
+size cap, requests taken back, and every drop counted."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import gevent
@@ -17,6 +19,7 @@ from service.asr.scheduler import (
     SATURATED_S,
     Drop,
     Outcome,
+    Preempted,
     Request,
     RequestKind,
     Scheduler,
@@ -275,3 +278,100 @@ def test_the_engine_refuses_what_its_model_cannot_do(tmp_path: Path) -> None:
             engine.check("xx", Task.TRANSCRIBE)  # unknown to every model
     finally:
         engine.close()
+
+
+def test_a_final_stops_a_decode_of_partials_only_and_goes_next(sched: Scheduler) -> None:
+    """A partial takes about as long as a final: a final that came while one is decoded
+    would otherwise wait that long for a preview nobody needs any more."""
+    a = Answers()
+    assert sched.submit(a.partial("s1", "p"))
+    assert labels(sched.take(1)[0]) == ["p"]
+    assert not sched.preempt
+    assert sched.submit(a.final("s2", "f"))
+    assert sched.preempt  # the worker's decode sees this and stops
+    sched.finished()
+    assert not sched.preempt
+    assert labels(sched.take(1)[0]) == ["f"]
+    # A final is never stopped: another final waits its turn.
+    assert sched.submit(a.final("s3", "g"))
+    assert not sched.preempt
+
+
+def test_a_batch_with_a_final_in_it_is_not_stopped(sched: Scheduler) -> None:
+    a = Answers()
+    assert sched.submit(a.partial("s2", "p"))  # (no partial is taken while finals wait)
+    assert sched.submit(a.final("s1", "f"))
+    assert labels(sched.take(2)[0]) == ["f", "p"]
+    assert sched.submit(a.final("s3", "g"))
+    assert not sched.preempt
+
+
+def test_a_queued_request_can_be_taken_back_once(sched: Scheduler) -> None:
+    a = Answers()
+    f, p = a.final("s1", "f"), a.partial("s2", "p")
+    assert sched.submit(p) and sched.submit(f)
+    assert sched.cancel(f) and not sched.cancel(f)
+    assert sched.cancel(p)
+    assert sched.take(4)[0] == [] and a.got == []  # never decoded, never answered
+    g = a.final("s1", "g")
+    assert sched.submit(g)
+    assert sched.take(1)[0] == [g]
+    assert not sched.cancel(g)  # being decoded: its outcome still comes
+
+
+def test_the_worker_answers_a_stopped_decode_of_partials_as_preempted() -> None:
+    """The worker thread with the real scheduler and a decoder that, like the model's
+    hooks (decoding.stop_when), stops once the scheduler asks it to."""
+    sched = Scheduler()
+    decoding_partial = threading.Event()
+
+    def decode(batch: list[Request]) -> list[Outcome]:
+        if batch[0].kind == RequestKind.PARTIAL:
+            decoding_partial.set()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if sched.preempt:
+                    raise Preempted
+                time.sleep(0.001)
+        return [Outcome() for _ in batch]
+
+    a = Answers()
+    worker = Worker(sched, decode, lambda: 1)
+    worker.start(lambda: None)
+    try:
+        assert sched.submit(a.partial("s1", "p"))
+        worker.wake()
+        with gevent.Timeout(10):
+            while not decoding_partial.is_set():
+                gevent.sleep(0.005)
+            assert sched.submit(a.final("s1", "f"))
+            worker.wake()
+            while len(a.got) < 2:
+                gevent.sleep(0.005)
+        assert [(label, o.dropped) for label, o in a.got] == [
+            ("p", Drop.PREEMPTED),
+            ("f", None),
+        ]
+        assert sched.stats.partials_preempted == 1
+        assert worker.stats.finals == 1 and worker.stats.partials_filtered == 0
+    finally:
+        worker.close()
+
+
+def test_taking_back_what_is_being_decoded_stops_it_unless_a_final_is_wanted(
+    sched: Scheduler,
+) -> None:
+    """An early final whose utterance went on (service/asr/stream.py) is not worth
+    finishing; one decoded beside a final that is still wanted is."""
+    a = Answers()
+    early = a.final("s1", "early")
+    assert sched.submit(early)
+    assert labels(sched.take(1)[0]) == ["early"]
+    assert not sched.cancel(early)  # its outcome still comes ...
+    assert sched.preempt  # ... soon: the decode stops
+    sched.finished()
+    wanted, early = a.final("s2", "wanted"), a.final("s1", "early2")
+    assert sched.submit(wanted) and sched.submit(early)
+    assert labels(sched.take(2)[0]) == ["wanted", "early2"]
+    assert not sched.cancel(early)
+    assert not sched.preempt

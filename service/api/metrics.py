@@ -37,6 +37,7 @@ PARTIAL_DROPS = {
     "superseded": "partials_superseded",
     "busy": "partials_skipped_busy",
     "stale": "partials_stale",
+    "preempted": "partials_preempted",
 }
 
 
@@ -206,7 +207,8 @@ def _asr(node: Node) -> Iterator[Metric]:
     )
     yield _labelled(
         "im_asr_partials_dropped",
-        "Partials not shown: superseded by a newer one, declined while busy, or stale.",
+        "Partials not shown: superseded by a newer one, declined while busy, stale, or "
+        "stopped mid-decode for a final (preempted).",
         "reason",
         {label: stats[key] for label, key in PARTIAL_DROPS.items()},
     )

@@ -17,13 +17,14 @@ seconds, and processes that never decode import this module.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from service.asr import filters
-from service.asr.scheduler import Drop, Outcome, Request, RequestKind
+from service.asr.scheduler import Drop, Outcome, Preempted, Request, RequestKind
 from service.vocab import Segment, Task
 
 if TYPE_CHECKING:
@@ -51,6 +52,23 @@ def decode_batch(
         for group in group_items(batch, languages, tokenizer, multilingual):
             outcomes.update(decode_group(model, features, batch, group, fp16))
     return [outcomes.get(i, Outcome(dropped=Drop.ERROR)) for i in range(len(batch))]
+
+
+def stop_when(model: Any, stop: Callable[[], bool]) -> None:
+    """Make every decode of `model` raise `Preempted` as soon as `stop()` is true: it is
+    asked before each encoder block and each decoder step (a few ms to a few tens of ms
+    apart on a CPU), so a decode of partials gives the worker up to a final within one
+    block instead of finishing (service/asr/scheduler.py). Whisper's own decoding loop
+    removes its key/value cache hooks in a ``finally``, so a stopped decode leaves the
+    model as it was."""
+
+    def check(_module: Any, _args: Any) -> None:
+        if stop():
+            raise Preempted
+
+    for block in model.encoder.blocks:
+        block.register_forward_pre_hook(check)
+    model.decoder.register_forward_pre_hook(check)
 
 
 def encode(model: Any, batch: list[Request], device: str, fp16: bool) -> torch.Tensor:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -164,6 +165,7 @@ class AsrEngine:
                 for _ in range(n)
             ]
             self.decode_batch(reqs)
+        decoding.stop_when(self.model, lambda: self._scheduler.preempt)
         self.reset_stats()
 
     @property
@@ -246,6 +248,17 @@ class AsrEngine:
             return False
         self._worker.wake()
         return True
+
+    def cancel(self, request: Request) -> bool:
+        """Take back one queued request without an answer; False when it is already being
+        decoded or answered (its outcome still comes)."""
+        return self._scheduler.cancel(request)
+
+    def deliver(self, on_done: Callable[[Outcome], None], outcome: Outcome) -> None:
+        """Run `on_done(outcome)` on the hub in order with the decodes' answers: for an
+        outcome a stream already holds, so that its finals are still answered one at a
+        time by the one greenlet that answers them all."""
+        self._worker.deliver(on_done, outcome)
 
     def forget(self, stream: Any) -> None:
         """``stream`` has ended: its finals no longer count in ``headroom``."""

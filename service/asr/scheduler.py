@@ -10,7 +10,12 @@ utterance so far) are only a preview, so overload costs them first, and lag does
 - a partial that waited longer than ``PARTIAL_STALE_S`` is dropped (``stale``): shown that
   late it would describe speech the speaker has moved on from;
 - while finals wait, or while the worker has not been idle once in ``SATURATED_S``, new
-  partials are declined: finals alone fill the worker, and partials would only delay them.
+  partials are declined: finals alone fill the worker, and partials would only delay them;
+- a final that arrives while the worker decodes partials only stops that decode
+  (``preempted``, `preempt`): a partial takes about as long as a final, and the final
+  would otherwise wait up to that long for a preview nobody needs once the final comes.
+  So does taking back (`cancel`) the last request of a batch that is not a partial: an
+  early final whose utterance went on (service/asr/stream.py) is not worth finishing.
 
 Every drop is counted in ``stats`` and answered through the request's ``on_done``. Nothing
 here knows of a model, a thread or gevent, and time comes from an injectable clock, so the
@@ -51,6 +56,7 @@ class Drop(StrEnum):
     SUPERSEDED = "superseded"  # a newer request of its stream took its place in the queue
     STALE = "stale"  # a partial that waited too long
     ERROR = "error"  # its batch failed to decode
+    PREEMPTED = "preempted"  # its decode was stopped: for a final, or taken back
     WITHDRAWN = "withdrawn"  # its stream ended and took it back (its call's pass has the audio)
 
 
@@ -70,6 +76,7 @@ class Request:
     # decoder, as `whisper.transcribe` gives each window the text before it.
     prompt: str | None = None
     prompt_language: str | None = None
+    cancelled: bool = False  # taken back while being decoded (Scheduler.cancel)
 
     def __post_init__(self) -> None:
         self.kind = RequestKind(self.kind)  # a bad kind or task fails here, not in the worker
@@ -116,10 +123,16 @@ class SchedulerStats:
     partials_superseded: int = 0
     partials_skipped_busy: int = 0  # declined: finals waiting, or the worker saturated
     partials_stale: int = 0
+    partials_preempted: int = 0  # decodes of partials stopped for a final (by the worker)
 
     def reset(self) -> None:
         for f in fields(self):
             setattr(self, f.name, 0)
+
+
+class Preempted(Exception):
+    """Raised inside a decode the scheduler asks to stop (`Scheduler.preempt`): partials
+    when a final has come, or requests all taken back."""
 
 
 class Scheduler:
@@ -138,6 +151,11 @@ class Scheduler:
         self._finals: deque[Request] = deque()
         self._partials: dict[Any, Request] = {}  # the newest per stream
         self._busy_since: float | None = None  # when the worker took its current batch
+        self._batch: list[Request] = []  # being decoded
+        self._stoppable = False  # ... and none of it is a final still wanted
+        # Set on the hub when a final comes while partials only are decoded; the worker's
+        # decode reads it between layers and stops (Preempted). Reset at each take.
+        self.preempt = False
         self._idle_at = clock()  # last time the worker found nothing to do
         self.stats = SchedulerStats()
 
@@ -158,6 +176,8 @@ class Scheduler:
                 superseded = self._partials.pop(request.stream, None)
                 if request.kind == RequestKind.FINAL:
                     self._finals.append(request)
+                    if self._stoppable:
+                        self.preempt = True
                 else:
                     self._partials[request.stream] = request
             if full:
@@ -202,6 +222,28 @@ class Scheduler:
             partial = self._partials.pop(stream, None)
         return mine + ([partial] if partial is not None else [])
 
+    def cancel(self, request: Request) -> bool:
+        """Take back one queued request (by identity); False when it is no longer queued
+        (being decoded, or answered), and its outcome still comes. When it is being decoded
+        with nothing but partials and requests taken back, that decode is stopped. The
+        caller answers a request taken back, or ignores its outcome."""
+        with self._lock:
+            for i, r in enumerate(self._finals):
+                if r is request:
+                    del self._finals[i]
+                    return True
+            if self._partials.get(request.stream) is request:
+                del self._partials[request.stream]
+                return True
+            if any(r is request for r in self._batch):
+                request.cancelled = True
+                self._stoppable = all(
+                    r.kind == RequestKind.PARTIAL or r.cancelled for r in self._batch
+                )
+                if self._stoppable:
+                    self.preempt = True
+        return False
+
     # -- worker side --------------------------------------------------------------------
 
     def take(self, limit: int) -> tuple[list[Request], list[Request]]:
@@ -226,8 +268,15 @@ class Scheduler:
                 self._busy_since = now
             else:
                 self._idle_at = now
+            self._batch = batch
+            self._stoppable = bool(batch) and all(r.kind == RequestKind.PARTIAL for r in batch)
+            self.preempt = False
         return batch, stale
 
     def finished(self) -> None:
-        """The batch from the last `take` is decoded."""
-        self._busy_since = None
+        """The batch from the last `take` is decoded (or stopped)."""
+        with self._lock:
+            self._busy_since = None
+            self._batch = []
+            self._stoppable = False
+            self.preempt = False

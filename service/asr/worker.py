@@ -22,7 +22,15 @@ from gevent.event import Event
 
 from service.asr import filters
 from service.asr.headroom import Headroom
-from service.asr.scheduler import MAX_QUEUED_FINALS, Drop, Outcome, Request, RequestKind, Scheduler
+from service.asr.scheduler import (
+    MAX_QUEUED_FINALS,
+    Drop,
+    Outcome,
+    Preempted,
+    Request,
+    RequestKind,
+    Scheduler,
+)
 from service.metrics import BATCH_SIZE, DECODE_S, QUEUE_WAIT_S, Buckets
 from service.threadhub import ThreadToHub, start_native_thread
 
@@ -147,6 +155,10 @@ class Worker:
         """Something was queued: safe from the hub, never blocks."""
         self._wake.put(None)
 
+    def deliver(self, on_done: Callable[[Outcome], None], outcome: Outcome) -> None:
+        """Answer `on_done` with `outcome` in turn with the decoded ones (on the hub)."""
+        self._results.put_nowait((on_done, outcome))
+
     def close(self) -> None:
         self._closed = True
         self._wake.put(None)
@@ -180,6 +192,15 @@ class Worker:
         started = time.monotonic()
         try:
             outcomes = self._decode(batch)
+        except Preempted:  # partials or requests taken back only: a final goes next
+            self._scheduler.finished()
+            self.stats.busy_s += time.monotonic() - started
+            self._scheduler.stats.partials_preempted += sum(
+                r.kind == RequestKind.PARTIAL for r in batch
+            )
+            for r in batch:
+                self._results.put_nowait((r.on_done, Outcome(dropped=Drop.PREEMPTED)))
+            return
         except Exception as e:  # a bad batch must not kill the worker
             outcomes = [Outcome(dropped=Drop.ERROR, error=repr(e)) for _ in batch]
         took = time.monotonic() - started
