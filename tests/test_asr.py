@@ -298,3 +298,66 @@ def test_a_withdrawn_stream_commits_nothing_more_and_its_queue_is_not_decoded(en
     assert all(segments == [] for kind, _, segments, _ in rec.events if kind == "final")
     assert len(rec.events) == queued and stream.finals_dropped == queued
     assert engine.stats["finals"] - before <= 1  # at most the one already being decoded
+
+
+def test_an_early_final_is_the_final_the_stream_would_have_committed(engine, speech_dir):
+    """A final decoded from the tentative end (200 ms into the silence instead of 500 ms)
+    is committed only when the utterance does end with that audio, and says what the
+    final decoded at the end would: the same segments with and without early finals."""
+    jfk = read_wav(speech_dir / "en_jfk_inaugural_1961.wav")
+    gap = np.zeros(16_000, dtype=np.int16)
+    pcm = np.concatenate([gap, jfk, gap, read_wav(speech_dir / CLIP), gap])
+
+    def finals(early: bool) -> tuple[list[tuple[float, float, str]], StreamTranscriber]:
+        rec = Recorder()
+        stream = StreamTranscriber(
+            engine,
+            SegmenterConfig(),
+            rec.final,
+            rec.partial,
+            label="t",
+            prompt_chars=0,  # each decode its own: fed faster than real time, a final's
+            early_finals=early,  # prompt would depend on when the one before returned
+        )
+        t0 = time.monotonic()
+        for i in range(pcm.size // FRAME_SAMPLES):
+            stream.push(pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES])
+            gevent.sleep(max(0.0, t0 + (i + 1) * 0.01 - time.monotonic()))  # twice real time
+        stream.flush()
+        assert stream.idle.wait(120)
+        got = [(s.start, s.end, s.text) for e in rec.events if e[0] == "final" for s in e[2]]
+        return got, stream
+
+    late, _ = finals(False)
+    early, stream = finals(True)
+    assert early == late and len(late) >= 3
+    assert stream.early_adopted >= 2  # most utterances' finals were the early ones
+    assert stream.early_retracted >= 1  # and a pause that speech followed was not an end
+
+
+def test_a_stopped_decode_leaves_the_model_as_it_was(model_dir, speech_dir):
+    """decoding.stop_when: the decode of partials a final stops (service/asr/scheduler.py)
+    raises Preempted from inside the encoder or between decoder steps, and the next decode
+    of the same model is what it would have been."""
+    from service.asr import decoding
+    from service.asr.scheduler import Preempted
+    from service.asr.weights import load_model
+
+    model = load_model("tiny.en", model_dir, "cpu", "float32")
+    calls = {"n": 0, "stop_at": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] == calls["stop_at"]
+
+    decoding.stop_when(model, stop)
+    req = Request("partial", audio(speech_dir, SHORT[0]), "en", "transcribe", print)
+    want = decoding.decode_batch(model, [req], "cpu", False, False)[0].text
+    assert want
+    steps = calls["n"]
+    for stop_at in (2, 4 + 3, steps - 1):  # in the encoder; at decoder steps 3 and the last
+        calls.update(n=0, stop_at=stop_at)
+        with pytest.raises(Preempted):
+            decoding.decode_batch(model, [req], "cpu", False, False)
+        calls.update(n=0, stop_at=0)
+        assert decoding.decode_batch(model, [req], "cpu", False, False)[0].text == want

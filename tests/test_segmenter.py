@@ -8,9 +8,9 @@ import itertools
 import numpy as np
 import pytest
 
-from service.asr.segmenter import Segmenter, SegmenterConfig
+from service.asr.segmenter import TRAILING_SILENCE_MS, Segmenter, SegmenterConfig
 from service.audio.wavfile import read_wav
-from service.frames import FRAME_SAMPLES
+from service.frames import FRAME_MS, FRAME_SAMPLES
 
 
 def run(segmenter, pcm):
@@ -102,3 +102,28 @@ def test_a_very_short_maximum_length_still_cuts(speech_dir):
     utterances = run(Segmenter(SegmenterConfig(max_utterance_s=0.2)), pcm)
     assert len(utterances) > 10
     assert all(u.end_s - u.start_s <= 0.2 + 1e-6 for u in utterances)
+
+
+def test_an_utterance_ended_by_silence_was_offered_before_as_its_tentative_end(speech_dir):
+    """`tentative_end` comes once the silence reaches what an utterance keeps of it, with
+    the very audio `push` returns when the end silence closes it (the early final of
+    service/asr/stream.py is decoded from it); a pause that speech follows gets one too,
+    which the utterance outgrows."""
+    pcm = read_wav(speech_dir / "en_jfk_inaugural_1961.wav")
+    gap = np.zeros(16_000, dtype=np.int16)
+    pcm = np.concatenate([gap, pcm, gap])
+    seg = Segmenter()
+    offered, ended = [], []
+    for i in range(0, pcm.size - FRAME_SAMPLES + 1, FRAME_SAMPLES):
+        if (u := seg.push(pcm[i : i + FRAME_SAMPLES])) is not None:
+            ended.append(u)
+        elif (t := seg.tentative_end()) is not None:
+            assert seg.silent_frames == TRAILING_SILENCE_MS // FRAME_MS
+            offered.append(t)
+    assert len(ended) >= 2, "the test needs several utterances"
+    assert len(offered) > len(ended), "and a pause that speech followed"
+    for u in ended:
+        same = [t for t in offered if t.start_s == u.start_s and t.audio.size == u.audio.size]
+        assert len(same) == 1
+        assert np.array_equal(same[0].audio, u.audio)
+        assert (same[0].end_s, same[0].speech_end_s) == (u.end_s, u.speech_end_s)

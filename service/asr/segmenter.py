@@ -105,6 +105,32 @@ class Segmenter:
             audio=to_float32(np.concatenate(self._frames[:keep])),
         )
 
+    @property
+    def silent_frames(self) -> int:
+        """Non-speech frames since the open utterance's last voiced one (0 when none is open)."""
+        return self._silent_run if self._frames else 0
+
+    def tentative_end(self) -> Utterance | None:
+        """The open utterance as it will end if no speech follows, offered at the one frame
+        where its silence reaches TRAILING_SILENCE_MS; otherwise None.
+
+        From that frame on its audio is fixed: either a voiced frame comes and the
+        utterance goes on, or the end silence closes it and `push` returns this very audio.
+        A final decoded from it now is ready up to end_silence_ms - TRAILING_SILENCE_MS
+        sooner (service/asr/stream.py). None too when it will not be one (too little
+        speech) or will be cut at the maximum length first.
+        """
+        c = self.config
+        if (
+            not self._frames
+            or self._silent_run != self._trail_frames
+            or self._silent_run >= self._end_frames
+            or self._voiced_frames * FRAME_MS < c.min_speech_ms
+            or len(self._frames) + self._end_frames - self._silent_run >= self._max_frames
+        ):
+            return None
+        return self._utterance(self._frames, self._start_frame, self._overlap_frames)
+
     def push(self, pcm: np.ndarray) -> Utterance | None:
         if pcm.shape != (FRAME_SAMPLES,):
             raise ValueError(f"expected one {FRAME_MS} ms frame of {FRAME_SAMPLES} samples")
@@ -190,12 +216,14 @@ class Segmenter:
             self._voiced_frames = len(rest)
         if voiced * FRAME_MS < self.config.min_speech_ms:
             return None
-        audio = to_float32(np.concatenate(frames))
+        return self._utterance(frames, start, overlap)
+
+    def _utterance(self, frames: list[np.ndarray], start: int, overlap: int) -> Utterance:
         end = start + len(frames)
         return Utterance(
             start_s=start * FRAME_MS / 1000,
             end_s=end * FRAME_MS / 1000,
-            audio=audio,
+            audio=to_float32(np.concatenate(frames)),
             speech_end_s=min(self._last_voiced + 1, end) * FRAME_MS / 1000,
             overlap_s=overlap * FRAME_MS / 1000,
         )

@@ -80,6 +80,29 @@ class Context:
         self.text = text
 
 
+class Early:
+    """A final decoded before its utterance is known to have ended (`Segmenter.tentative_end`).
+
+    It is adopted when the utterance ends with the very audio it holds, and then answered
+    like any final; it is retracted when speech resumes first, and its outcome is ignored.
+    """
+
+    def __init__(self, utt: Utterance) -> None:
+        self.utt = utt
+        self.request: Request | None = None
+        self.outcome: Outcome | None = None
+        self.adopted: tuple[int, Utterance, float] | None = None  # number, utterance, spoke
+        self.retracted = False
+
+    def holds(self, utt: Utterance) -> bool:
+        """Whether `utt` is the utterance this was decoded from (same frames)."""
+        return (
+            utt.start_s == self.utt.start_s
+            and utt.audio.size == self.utt.audio.size
+            and utt.overlap_s == self.utt.overlap_s
+        )
+
+
 PartialHandler = Callable[[int, str, float, float], None]  # utterance, text, start, end
 FinalHandler = Callable[[int, list[Segment]], None]  # utterance, segments (maybe none)
 UtteranceHandler = Callable[[int, Utterance], None]  # utterance number, its audio and times
@@ -93,6 +116,13 @@ class StreamTranscriber:
     A segment's times are seconds into the stream; its speaker and number are left to the
     caller (`Segment.numbered`). `on_utterance`, if given, is told of each ended utterance
     as it goes to the model.
+
+    With `early_finals`, a final's decode starts once the utterance's silence reaches the
+    trailing silence it keeps (200 ms) instead of the end silence that closes it (500 ms):
+    from then on its audio cannot change, and when speech does not resume the final is
+    committed as soon as it is decoded (`Early`). It is tried only when the stream owes no
+    other final (the prompt it is decoded with is then the one the final would get) and the
+    worker is not saturated (a retracted one is a wasted decode).
     """
 
     def __init__(
@@ -107,6 +137,7 @@ class StreamTranscriber:
         label: str = "",
         prompt_chars: int = DEFAULT_PROMPT_CHARS,
         on_utterance: UtteranceHandler | None = None,
+        early_finals: bool = True,
     ) -> None:
         self.engine = engine
         self.segmenter = Segmenter(config)
@@ -126,6 +157,8 @@ class StreamTranscriber:
         self._partial_in_flight = False
         self._finals_pending = 0
         self._withdrawn = False  # withdraw(): no final is committed any more
+        self._early_finals = early_finals
+        self._early: Early | None = None  # the open utterance's final, decoded early
         self.idle = Event()
         self.idle.set()
         # Counters a caller may read.
@@ -133,6 +166,8 @@ class StreamTranscriber:
         self.finals_dropped = 0
         self.finals_rejected = 0
         self.partials_shown = 0
+        self.early_adopted = 0
+        self.early_retracted = 0
 
     @property
     def pending(self) -> int:
@@ -144,14 +179,26 @@ class StreamTranscriber:
         return self.segmenter.in_speech
 
     def push(self, pcm: np.ndarray) -> None:
-        utterance = self.segmenter.push(pcm)
+        segmenter = self.segmenter
+        utterance = segmenter.push(pcm)
         if utterance is not None:
             self._submit_final(utterance)
-        elif self._on_partial is not None and self._partial_frames:
-            frames = self.segmenter.open_frames
+            return
+        if self._early is not None:
+            if segmenter.silent_frames == 0:  # speech resumed, or the burst was discarded
+                self._retract()
+            return
+        if self._early_finals and not self._finals_pending and not self.engine.saturated:
+            ending = segmenter.tentative_end()
+            if ending is not None:
+                self._submit_early(ending)
+                return
+        if self._on_partial is not None and self._partial_frames:
+            frames = segmenter.open_frames
             if (
                 frames - self._frames_at_partial >= self._partial_frames
                 and not self._partial_in_flight
+                and segmenter.silent_frames == 0  # a pause may be the end: its final goes first
             ):
                 self._submit_partial(frames)
 
@@ -206,7 +253,35 @@ class StreamTranscriber:
         self.partials_shown += 1
         self._on_partial(number, o.text, utt.start_s, utt.end_s)
 
+    def _submit_early(self, ending: Utterance) -> None:
+        early = Early(ending)
+        early.request = self._request(
+            RequestKind.FINAL, ending, lambda o: self._early_done(early, o)
+        )
+        if self.engine.submit(early.request):
+            self._early = early
+
+    def _early_done(self, early: Early, o: Outcome) -> None:
+        early.outcome = o
+        if early.adopted is not None and not early.retracted:
+            self._final_done(*early.adopted[:2], o, early.adopted[2])
+
+    def _retract(self) -> None:
+        early, self._early = self._early, None
+        if early is None:
+            return
+        early.retracted = True
+        self.early_retracted += 1
+        if early.request is not None:
+            # Still queued: never decoded; decoded alone or with partials: stopped.
+            self.engine.cancel(early.request)
+
     def _submit_final(self, utt: Utterance) -> None:
+        early, self._early = self._early, None
+        if early is not None and not early.holds(utt):
+            self._early = early
+            self._retract()
+            early = None
         number = self._utterance
         self._utterance += 1
         self._frames_at_partial = 0
@@ -215,12 +290,20 @@ class StreamTranscriber:
         # When the speech ended, on this clock: the utterance closes now, after the
         # silence that ends it (audio arrives in real time).
         spoke = time.monotonic() - (utt.end_s - (utt.speech_end_s or utt.end_s))
-        request = self._request(
-            RequestKind.FINAL, utt, lambda o: self._final_done(number, utt, o, spoke)
-        )
-        if not self.engine.submit(request):
-            self.finals_rejected += 1
-            return
+        if early is not None:
+            early.adopted = (number, utt, spoke)
+            self.early_adopted += 1
+            if early.outcome is not None:  # decoded already: answered in turn on the hub
+                self.engine.deliver(
+                    lambda o: self._final_done(number, utt, o, spoke), early.outcome
+                )
+        else:
+            request = self._request(
+                RequestKind.FINAL, utt, lambda o: self._final_done(number, utt, o, spoke)
+            )
+            if not self.engine.submit(request):
+                self.finals_rejected += 1
+                return
         self._finals_pending += 1
         self.idle.clear()
 
