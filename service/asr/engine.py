@@ -251,7 +251,8 @@ class AsrEngine:
 
     def cancel(self, request: Request) -> bool:
         """Take back one queued request without an answer; False when it is already being
-        decoded or answered (its outcome still comes)."""
+        decoded or answered (its outcome still comes; a decode of nothing else still
+        wanted is stopped, see Scheduler.cancel)."""
         return self._scheduler.cancel(request)
 
     def deliver(self, on_done: Callable[[Outcome], None], outcome: Outcome) -> None:

@@ -123,7 +123,7 @@ class SchedulerStats:
     partials_superseded: int = 0
     partials_skipped_busy: int = 0  # declined: finals waiting, or the worker saturated
     partials_stale: int = 0
-    partials_preempted: int = 0  # decodes of partials stopped for a final (by the worker)
+    partials_preempted: int = 0  # partials whose decode was stopped (counted by the worker)
 
     def reset(self) -> None:
         for f in fields(self):
@@ -153,8 +153,9 @@ class Scheduler:
         self._busy_since: float | None = None  # when the worker took its current batch
         self._batch: list[Request] = []  # being decoded
         self._stoppable = False  # ... and none of it is a final still wanted
-        # Set on the hub when a final comes while partials only are decoded; the worker's
-        # decode reads it between layers and stops (Preempted). Reset at each take.
+        # Set on the hub when a final comes while partials only are decoded, or when what
+        # is decoded has all been taken back (cancel); the worker's decode reads it between
+        # layers and stops (Preempted). Reset at each take.
         self.preempt = False
         self._idle_at = clock()  # last time the worker found nothing to do
         self.stats = SchedulerStats()
