@@ -237,6 +237,7 @@ def bench(args: argparse.Namespace, deadline: float) -> tuple[list[dict], int | 
         partial_interval_s=1.0,
         prompt_chars=200,
         speed=1.0,
+        no_early_finals=False,
     )
     config = SegmenterConfig()
     index = int(args.device.partition(":")[2] or 0)
