@@ -152,7 +152,6 @@ class Scheduler:
         self._partials: dict[Any, Request] = {}  # the newest per stream
         self._busy_since: float | None = None  # when the worker took its current batch
         self._batch: list[Request] = []  # being decoded
-        self._stoppable = False  # ... and none of it is a final still wanted
         # Set on the hub when a final comes while partials only are decoded, or when what
         # is decoded has all been taken back (cancel); the worker's decode reads it between
         # layers and stops (Preempted). Reset at each take.
@@ -177,7 +176,7 @@ class Scheduler:
                 superseded = self._partials.pop(request.stream, None)
                 if request.kind == RequestKind.FINAL:
                     self._finals.append(request)
-                    if self._stoppable:
+                    if self._stoppable():
                         self.preempt = True
                 else:
                     self._partials[request.stream] = request
@@ -238,12 +237,15 @@ class Scheduler:
                 return True
             if any(r is request for r in self._batch):
                 request.cancelled = True
-                self._stoppable = all(
-                    r.kind == RequestKind.PARTIAL or r.cancelled for r in self._batch
-                )
-                if self._stoppable:
+                if self._stoppable():
                     self.preempt = True
         return False
+
+    def _stoppable(self) -> bool:
+        """Whether the batch being decoded holds no final still wanted (under the lock)."""
+        return bool(self._batch) and all(
+            r.kind == RequestKind.PARTIAL or r.cancelled for r in self._batch
+        )
 
     # -- worker side --------------------------------------------------------------------
 
@@ -270,7 +272,6 @@ class Scheduler:
             else:
                 self._idle_at = now
             self._batch = batch
-            self._stoppable = bool(batch) and all(r.kind == RequestKind.PARTIAL for r in batch)
             self.preempt = False
         return batch, stale
 
@@ -279,5 +280,4 @@ class Scheduler:
         with self._lock:
             self._busy_since = None
             self._batch = []
-            self._stoppable = False
             self.preempt = False

@@ -264,7 +264,8 @@ class StreamTranscriber:
     def _early_done(self, early: Early, o: Outcome) -> None:
         early.outcome = o
         if early.adopted is not None and not early.retracted:
-            self._final_done(*early.adopted[:2], o, early.adopted[2])
+            number, utt, spoke = early.adopted
+            self._final_done(number, utt, o, spoke)
 
     def _retract(self) -> None:
         early, self._early = self._early, None
@@ -277,11 +278,11 @@ class StreamTranscriber:
             self.engine.cancel(early.request)
 
     def _submit_final(self, utt: Utterance) -> None:
-        early, self._early = self._early, None
+        early = self._early
         if early is not None and not early.holds(utt):
-            self._early = early
             self._retract()
             early = None
+        self._early = None
         number = self._utterance
         self._utterance += 1
         self._frames_at_partial = 0
