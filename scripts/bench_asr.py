@@ -587,6 +587,11 @@ def main() -> int:
         action="store_true",
         help="decode a final only once its utterance has ended (StreamTranscriber.early_finals)",
     )
+    ap.add_argument(
+        "--no-short-context",
+        action="store_true",
+        help="encode every window in full, also on a CPU (service/asr/encoding.py)",
+    )
     ap.add_argument("--no-offline", action="store_true", help="skip the offline comparison")
     ap.add_argument("--show", action="store_true", help="print each clip's hypothesis")
     ap.add_argument("--conditions", nargs="+", default=None, help="voices set: only these")
@@ -628,12 +633,14 @@ def main() -> int:
         args.max_batch,
         sequential=args.sequential,
         compute_type=args.compute_type,
+        short_context=False if args.no_short_context else None,
     )
     t = time.monotonic()
     engine.load()
     print(
         f"model {args.model} on {engine.device} ({engine.compute_type}), "
         f"{'sequential' if args.sequential else f'batched (max {engine.max_batch})'}, "
+        f"{'short' if engine.short_context else 'full'} context, "
         f"loaded+warmed in {time.monotonic() - t:.1f} s; {len(clips)} clips "
         f"({sum(c.pcm.size for c in clips) / SAMPLE_RATE:.0f} s) in {' '.join(args.languages)}; "
         f"speed x{args.speed:g}; VAD {args.vad}, end silence {args.end_silence_ms} ms; "

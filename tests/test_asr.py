@@ -114,6 +114,32 @@ def test_quiet_speech_is_transcribed_live(engine, speech_dir, dbfs):
     assert jiwer.wer(norm(reference(speech_dir, clip)), norm(text)) <= 0.15, text
 
 
+def test_the_final_latency_metric_counts_from_the_end_of_speech(engine, speech_dir):
+    """im_final_latency_seconds: from the last voiced frame to the final committed, the
+    whole end silence included (the utterance keeps only part of it as audio)."""
+    pcm = np.concatenate([read_wav(speech_dir / SHORT[0]), np.zeros(16_000 * 2, dtype=np.int16)])
+    rec, ended = Recorder(), []
+    stream = StreamTranscriber(
+        engine,
+        SegmenterConfig(),
+        rec.final,
+        label="test",
+        on_utterance=lambda no, utt: ended.append(utt.speech_end_s),
+    )
+    engine.final_latency.reset()
+    t0 = time.monotonic()
+    for i in range(pcm.size // FRAME_SAMPLES):
+        stream.push(pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES])
+        gevent.sleep(max(0.0, t0 + (i + 1) * 0.02 - time.monotonic()))
+    assert stream.idle.wait(60)
+    [(_, _, segments, at)] = [e for e in rec.events if e[0] == "final"]
+    assert segments and len(ended) == 1
+    counts, total = engine.final_latency.snapshot()
+    assert sum(counts) == 1
+    measured = at - (t0 + ended[0])
+    assert abs(total - measured) < 0.1, (total, measured)
+
+
 def test_partials_come_during_speech_and_the_final_replaces_them(engine, speech_dir):
     pcm = read_wav(speech_dir / CLIP)
     pad = np.zeros(16_000, dtype=np.int16)

@@ -1,6 +1,8 @@
 """Decoding a batch of requests with one Whisper model, read top-down from `decode_batch`:
 
-1. `encode`: one log-mel (`batched_log_mel`) and one encoder pass for the whole batch;
+1. `encode`: one log-mel (`batched_log_mel`) and one encoder pass for the whole batch; on a
+   CPU, short audio is encoded over its own length and the rest of the window filled
+   (service/asr/encoding.py), and decodes of those rows are checked before they are kept;
 2. `detect_languages`: one pass for the items whose language is not given;
 3. `group_items`: items decode together when they share a language, a task and a prompt
    length (the decoder's rows must be equally long), each with its own stream's committed
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from service.asr import filters
+from service.asr.encoding import Features, PaddingFill, repeats_a_run
 from service.asr.scheduler import Drop, Outcome, Preempted, Request, RequestKind
 from service.vocab import Segment, Task
 
@@ -38,17 +41,23 @@ MAX_SAMPLE_LEN = 224  # Whisper's own limit on the tokens one window may decode
 
 
 def decode_batch(
-    model: Any, batch: list[Request], device: str, fp16: bool, multilingual: bool
+    model: Any,
+    batch: list[Request],
+    device: str,
+    fp16: bool,
+    multilingual: bool,
+    fill: PaddingFill | None = None,
 ) -> list[Outcome]:
-    """One outcome per request, in order. `model` is a loaded ``whisper.model.Whisper``."""
+    """One outcome per request, in order. `model` is a loaded ``whisper.model.Whisper``;
+    `fill`: encode short audio the cheaper way (service/asr/encoding.py)."""
     import torch
     from whisper.tokenizer import get_tokenizer
 
     tokenizer = get_tokenizer(multilingual, num_languages=model.num_languages)
     outcomes: dict[int, Outcome] = {}
     with torch.no_grad():
-        features = encode(model, batch, device, fp16)
-        languages = detect_languages(model, tokenizer, features, batch, multilingual)
+        features = encode(model, batch, device, fp16, fill, multilingual)
+        languages = detect_languages(model, tokenizer, features.tensor, batch, multilingual)
         for group in group_items(batch, languages, tokenizer, multilingual):
             outcomes.update(decode_group(model, features, batch, group, fp16))
     return [outcomes.get(i, Outcome(dropped=Drop.ERROR)) for i in range(len(batch))]
@@ -71,12 +80,38 @@ def stop_when(model: Any, stop: Callable[[], bool]) -> None:
     model.decoder.register_forward_pre_hook(check)
 
 
-def encode(model: Any, batch: list[Request], device: str, fp16: bool) -> torch.Tensor:
-    """The encoder's features for every item of the batch, in one pass."""
+def encode(
+    model: Any,
+    batch: list[Request],
+    device: str,
+    fp16: bool,
+    fill: PaddingFill | None = None,
+    multilingual: bool = False,
+) -> Features:
+    """The encoder's features for every item of the batch: in one pass, or with `fill`
+    row by row for short audio. An item whose language is to be detected is encoded in
+    full: detection is not checked the way a decode is (`decode_group`)."""
+    import torch
+    from whisper.audio import SAMPLE_RATE
+
     mel = batched_log_mel([r.audio for r in batch], model.dims.n_mels, device)
     if fp16:
         mel = mel.half()
-    return model.embed_audio(mel)
+    if fill is None:
+        return Features(model, mel, model.embed_audio(mel))
+    seconds = [
+        None if multilingual and r.language is None else r.audio.size / SAMPLE_RATE for r in batch
+    ]
+    approximate = fill.rows(mel, seconds)
+    exact = [i for i in range(len(batch)) if i not in approximate]
+    dims = model.dims
+    tensor = torch.empty((len(batch), dims.n_audio_ctx, dims.n_audio_state), dtype=mel.dtype)
+    tensor = tensor.to(mel.device)
+    if exact:
+        tensor[exact] = model.embed_audio(mel[exact])
+    for i, row in approximate.items():
+        tensor[i] = row[0]
+    return Features(model, mel, tensor, set(approximate))
 
 
 def batched_log_mel(audios: list[np.ndarray], n_mels: int, device: str) -> torch.Tensor:
@@ -171,25 +206,53 @@ class Try:
 
 
 def decode_group(
-    model: Any, features: torch.Tensor, batch: list[Request], group: Group, fp16: bool
+    model: Any, features: Features, batch: list[Request], group: Group, fp16: bool
 ) -> dict[int, Outcome]:
     """Greedy decoding of the group, then each failed item again at the next temperature,
     until every item is settled. Only finals earn a second try: a partial is soon replaced
-    anyway."""
+    anyway. An item on approximate features (service/asr/encoding.py) is kept from its
+    greedy decode only when that decode is sound; else it starts again on exact ones."""
     from whisper.audio import SAMPLE_RATE
 
     durations = {i: batch[i].audio.size / SAMPLE_RATE for i in group.items}
     sample_len = min(MAX_SAMPLE_LEN, filters.max_tokens(max(durations.values())) + 1)
     prompts = dict(zip(group.items, group.prompts, strict=True))
     outcomes: dict[int, Outcome] = {}
+    approximate = [i for i in group.items if i in features.approximate]
+    if approximate:
+        results = run_decoding(
+            model,
+            features.tensor[approximate],
+            [prompts[i] for i in approximate],
+            group.language,
+            group.task,
+            0.0,
+            sample_len,
+            fp16,
+        )
+        for i, result in zip(approximate, results, strict=True):
+            if trusted(result, durations[i]):
+                outcomes[i] = outcome(
+                    batch[i], durations[i], Try(result, 0.0), None, group.language, 0
+                )
+        features.make_exact([i for i in approximate if i not in outcomes])
     unsure: dict[int, Try] = {}  # item -> its most confident try that failed only on logprob
-    todo = group.items
+    todo = [i for i in group.items if i not in outcomes]
     for step, temperature in enumerate((0.0, *FALLBACK_TEMPERATURES)):
+        if not todo:
+            break
         # A decode that failed the checks with context gets none on retry: a prompt can
         # pull the model into repeating it.
         rows = [prompts[i] for i in todo] if temperature == 0.0 else []
         results = run_decoding(
-            model, features[todo], rows, group.language, group.task, temperature, sample_len, fp16
+            model,
+            features.tensor[todo],
+            rows,
+            group.language,
+            group.task,
+            temperature,
+            sample_len,
+            fp16,
         )
         retry = []
         for i, result in zip(todo, results, strict=True):
@@ -208,6 +271,17 @@ def decode_group(
             break
         todo = retry
     return outcomes
+
+
+def trusted(result: Any, duration_s: float) -> bool:
+    """Whether a greedy decode on approximate features is kept as it is: the filters keep
+    it, the model is sure there is speech (below ``NO_SPEECH_THRESHOLD`` even where the
+    filters would let a confident decode through), and it repeats no run of tokens."""
+    return (
+        filters.judge(result, duration_s).reason is None
+        and result.no_speech_prob <= filters.NO_SPEECH_THRESHOLD
+        and not repeats_a_run(result.tokens)
+    )
 
 
 def run_decoding(

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from service.asr import decoding
+from service.asr.encoding import PaddingFill
 from service.asr.headroom import BUSY_MAX, WAIT_MAX_S, Headroom, Verdict
 from service.asr.scheduler import Drop, Outcome, Request, RequestKind, Scheduler
 from service.asr.worker import Worker, WorkerTimings
@@ -82,6 +83,7 @@ class AsrEngine:
         download_base: str | None = None,  # IM_MODEL_DOWNLOAD_BASE
         admit_wait_s: float = WAIT_MAX_S,  # IM_ASR_ADMIT_WAIT_S, see service/asr/headroom.py
         admit_busy: float = BUSY_MAX,  # IM_ASR_ADMIT_BUSY
+        short_context: bool | None = None,  # None: on a CPU (service/asr/encoding.py)
     ) -> None:
         self.model_name = model_name
         self.model_dir = model_dir
@@ -89,6 +91,8 @@ class AsrEngine:
         self.requested_compute_type = compute_type
         self.compute_type: str | None = None
         self.download_base = download_base
+        self.requested_short_context = short_context
+        self._fill: PaddingFill | None = None
         self.max_batch = 1 if sequential else max_batch
         self.device: str | None = None
         self.model: Any = None  # a whisper.model.Whisper once loaded
@@ -147,6 +151,10 @@ class AsrEngine:
             self.model_name, self.model_dir, self.device, self.compute_type, **fetch
         )
         self.multilingual = bool(self.model.is_multilingual)
+        # A GPU encodes a whole window in a few ms, batched: only a CPU gains from a shorter one.
+        short = self.requested_short_context
+        if short or (short is None and self.device == "cpu"):
+            self._fill = PaddingFill(self.model)
         # The first decodes pay one-off costs (allocations, kernel selection, lazy imports):
         # pay them now, through the same batched path, at one and at several items.
         # On a CPU a batch costs in proportion to its size, so two items warm every path.
@@ -276,7 +284,14 @@ class AsrEngine:
     def decode_batch(self, batch: list[Request]) -> list[Outcome]:
         """Decode now, on the calling thread (the worker's, or a test's)."""
         assert self.model is not None and self.device is not None
-        return decoding.decode_batch(self.model, batch, self.device, self.fp16, self.multilingual)
+        return decoding.decode_batch(
+            self.model, batch, self.device, self.fp16, self.multilingual, self._fill
+        )
+
+    @property
+    def short_context(self) -> bool:
+        """Whether short audio is encoded over its own length (service/asr/encoding.py)."""
+        return self._fill is not None
 
 
 def _noop(_: Outcome) -> None:

@@ -106,6 +106,11 @@ class Segmenter:
         )
 
     @property
+    def now_s(self) -> float:
+        """Where the stream is: the end of the newest frame pushed, in stream seconds."""
+        return self._frame_index * FRAME_MS / 1000
+
+    @property
     def silent_frames(self) -> int:
         """Non-speech frames since the open utterance's last voiced one (0 when none is open)."""
         return self._silent_run if self._frames else 0

@@ -288,9 +288,10 @@ class StreamTranscriber:
         self._frames_at_partial = 0
         if self._on_utterance is not None:
             self._on_utterance(number, utt)
-        # When the speech ended, on this clock: the utterance closes now, after the
-        # silence that ends it (audio arrives in real time).
-        spoke = time.monotonic() - (utt.end_s - (utt.speech_end_s or utt.end_s))
+        # When the speech ended, on this clock: the stream is now at the frame that closed
+        # the utterance, its whole end silence after the speech (audio arrives in real
+        # time). Not its end_s: that keeps only TRAILING_SILENCE_MS of the silence.
+        spoke = time.monotonic() - (self.segmenter.now_s - (utt.speech_end_s or utt.end_s))
         if early is not None:
             early.adopted = (number, utt, spoke)
             self.early_adopted += 1
