@@ -105,8 +105,8 @@ def encode(
     approximate = fill.rows(mel, seconds)
     exact = [i for i in range(len(batch)) if i not in approximate]
     dims = model.dims
-    tensor = torch.empty((len(batch), dims.n_audio_ctx, dims.n_audio_state), dtype=mel.dtype)
-    tensor = tensor.to(mel.device)
+    shape = (len(batch), dims.n_audio_ctx, dims.n_audio_state)
+    tensor = torch.empty(shape, dtype=mel.dtype, device=mel.device)
     if exact:
         tensor[exact] = model.embed_audio(mel[exact])
     for i, row in approximate.items():

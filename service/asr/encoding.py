@@ -7,12 +7,14 @@ about 0.13 s), and takes the rest of the window, which is padding, from one pass
 padding alone at the same log-mel level, cached per level. The decoder then still
 attends to a 30 s window that ends in padding, and that is what tells it the speech has
 ended: with the context merely cut short, tiny.en repeats the sentence until its token
-limit on 7 of 39 dev clips (docs/benchmarks.md, "Short context").
+limit on 7 of 39 dev clips (docs/benchmarks.md, "Short context"). The level matters: a
+fill encoded at silence's level broke loud babble.
 
 The fill is an approximation: in a full pass the padding's features depend a little on
 the audio, through self-attention. So every row it gives is marked approximate, and
-`decoding.decode_group` keeps a decode of it only when the filters would keep it as is
-and it repeats no run of tokens; any other is decoded again on the exact features
+`decoding.decode_group` keeps a decode of it only when it is to be trusted
+(`decoding.trusted`: the filters keep it, the model is sure there is speech, it repeats
+no run of tokens); any other is decoded again on the exact features
 (`Features.make_exact`), as it would have been without the fill.
 
 The features of a row do not depend on what it is batched with, in either way.

@@ -12,6 +12,8 @@ in the middle of a call:
   scaled-dot-product attention openai-whisper uses never holds in full), the audio features,
   the decoder's cross- and self-attention key/value caches, and logits for a prompted first
   step; plus a fixed allowance for the runtime (allocator slack, BLAS/cuBLAS workspaces);
+  on a CPU also the cache of padding fills (service/asr/encoding.py, ``MAX_FILLS`` windows
+  of audio features);
 - **the load peak**: the model is built in float32 on the CPU and then cast or quantized, so
   loading briefly needs the float32 weights in host memory (quantizing swaps one layer at a
   time, so its int8 copies add little). The checkpoint itself is memory-mapped and not
@@ -30,6 +32,7 @@ from pathlib import Path
 
 from service.asr.catalogue import parameter_count
 from service.asr.checkpoint import WeightsError
+from service.asr.encoding import MAX_FILLS
 
 RUNTIME_ALLOWANCE = 512 << 20
 GIB = float(1 << 30)
@@ -79,6 +82,8 @@ def working_bytes(dims: Mapping[str, int], compute_type: str, batch: int) -> int
 def estimate(dims: Mapping[str, int], compute_type: str, device: str, batch: int) -> Need:
     weights = weight_bytes(dims, compute_type)
     working = working_bytes(dims, compute_type, batch)
+    if not device.startswith("cuda"):
+        working += MAX_FILLS * dims["n_audio_ctx"] * dims["n_audio_state"] * 4
     build = weight_bytes(dims, "float32")
     # On a CPU the build is on the device itself; on CUDA it happens in host memory first.
     host_peak = build if device.startswith("cuda") else max(build, weights + working)
