@@ -588,9 +588,10 @@ def main() -> int:
         help="decode a final only once its utterance has ended (StreamTranscriber.early_finals)",
     )
     ap.add_argument(
-        "--no-short-context",
+        "--short-context",
         action="store_true",
-        help="encode every window in full, also on a CPU (service/asr/encoding.py)",
+        help="as IM_ASR_SHORT_CONTEXT=1: on a CPU, short audio over its own length "
+        "(service/asr/encoding.py)",
     )
     ap.add_argument("--no-offline", action="store_true", help="skip the offline comparison")
     ap.add_argument("--show", action="store_true", help="print each clip's hypothesis")
@@ -633,7 +634,7 @@ def main() -> int:
         args.max_batch,
         sequential=args.sequential,
         compute_type=args.compute_type,
-        short_context=False if args.no_short_context else None,
+        short_context=args.short_context,
     )
     t = time.monotonic()
     engine.load()

@@ -61,6 +61,7 @@ class Node:
                 download_base=settings.model_download_base,
                 admit_wait_s=settings.asr_admit_wait_s,
                 admit_busy=settings.asr_admit_busy,
+                short_context=settings.asr_short_context,
             )
             if load_model
             else None

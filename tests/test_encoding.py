@@ -16,6 +16,7 @@ from service.asr.encoding import PaddingFill, repeats_a_run
 from service.asr.engine import AsrEngine
 from service.asr.scheduler import Request, RequestKind
 from service.audio.wavfile import read_wav
+from service.config import load_settings
 from service.vocab import Task
 
 CLIPS = [
@@ -106,3 +107,16 @@ def test_a_run_of_four_tokens_said_twice_is_a_repeat():
     assert repeats_a_run([1, 2, 3, 4, 9, 1, 2, 3, 4])
     assert not repeats_a_run([1, 2, 3, 4, 9, 1, 2, 3, 5])
     assert not repeats_a_run([1, 2, 3])
+
+
+def test_the_setting_turns_it_on_for_a_cpu(model_dir, speech_dir):
+    assert load_settings({}).asr_short_context is False  # off unless asked for
+    assert load_settings({"IM_ASR_SHORT_CONTEXT": "1"}).asr_short_context is True
+    e = AsrEngine("tiny.en", model_dir, "cpu", max_batch=1, short_context=True)
+    e.load()
+    try:
+        assert e.short_context
+        [o] = e.decode_batch([request(speech_dir, CLIPS[0])])
+        assert o.text is not None and "Gregson" in o.text, o
+    finally:
+        e.close()

@@ -83,7 +83,7 @@ class AsrEngine:
         download_base: str | None = None,  # IM_MODEL_DOWNLOAD_BASE
         admit_wait_s: float = WAIT_MAX_S,  # IM_ASR_ADMIT_WAIT_S, see service/asr/headroom.py
         admit_busy: float = BUSY_MAX,  # IM_ASR_ADMIT_BUSY
-        short_context: bool | None = None,  # None: on a CPU (service/asr/encoding.py)
+        short_context: bool = False,  # IM_ASR_SHORT_CONTEXT, on a CPU (service/asr/encoding.py)
     ) -> None:
         self.model_name = model_name
         self.model_dir = model_dir
@@ -146,14 +146,21 @@ class AsrEngine:
         # not with an out-of-memory error in the middle of a call.
         fetch = {"download_base": self.download_base or catalogue.DOWNLOAD_BASE}
         dims = weights.model_dims(self.model_name, self.model_dir, **fetch)
-        memory.check(self.model_name, dims, self.compute_type, self.device, self.max_batch)
+        memory.check(
+            self.model_name,
+            dims,
+            self.compute_type,
+            self.device,
+            self.max_batch,
+            fills=self.requested_short_context,
+        )
         self.model = weights.load_model(
             self.model_name, self.model_dir, self.device, self.compute_type, **fetch
         )
         self.multilingual = bool(self.model.is_multilingual)
-        # A GPU encodes a whole window in a few ms, batched: only a CPU gains from a shorter one.
-        short = self.requested_short_context
-        if short or (short is None and self.device == "cpu"):
+        # A GPU encodes a whole window in a few ms, batched: only a CPU gains from a shorter
+        # one. Off by default: it costs whispered speech accuracy (docs/benchmarks.md).
+        if self.requested_short_context and self.device == "cpu":
             self._fill = PaddingFill(self.model)
         # The first decodes pay one-off costs (allocations, kernel selection, lazy imports):
         # pay them now, through the same batched path, at one and at several items.

@@ -12,8 +12,8 @@ in the middle of a call:
   scaled-dot-product attention openai-whisper uses never holds in full), the audio features,
   the decoder's cross- and self-attention key/value caches, and logits for a prompted first
   step; plus a fixed allowance for the runtime (allocator slack, BLAS/cuBLAS workspaces);
-  on a CPU also the cache of padding fills (service/asr/encoding.py, ``MAX_FILLS`` windows
-  of audio features);
+  on a CPU with IM_ASR_SHORT_CONTEXT also the cache of padding fills
+  (service/asr/encoding.py, ``MAX_FILLS`` windows of audio features);
 - **the load peak**: the model is built in float32 on the CPU and then cast or quantized, so
   loading briefly needs the float32 weights in host memory (quantizing swaps one layer at a
   time, so its int8 copies add little). The checkpoint itself is memory-mapped and not
@@ -79,10 +79,13 @@ def working_bytes(dims: Mapping[str, int], compute_type: str, batch: int) -> int
     return max(1, batch) * per_item + RUNTIME_ALLOWANCE
 
 
-def estimate(dims: Mapping[str, int], compute_type: str, device: str, batch: int) -> Need:
+def estimate(
+    dims: Mapping[str, int], compute_type: str, device: str, batch: int, fills: bool = False
+) -> Need:
+    """`fills`: short context is on (IM_ASR_SHORT_CONTEXT), which keeps fills on a CPU."""
     weights = weight_bytes(dims, compute_type)
     working = working_bytes(dims, compute_type, batch)
-    if not device.startswith("cuda"):
+    if fills and not device.startswith("cuda"):
         working += MAX_FILLS * dims["n_audio_ctx"] * dims["n_audio_state"] * 4
     build = weight_bytes(dims, "float32")
     # On a CPU the build is on the device itself; on CUDA it happens in host memory first.
@@ -167,11 +170,12 @@ def check(
     batch: int,
     *,
     available: Mapping[str, tuple[int, int]] | None = None,
+    fills: bool = False,
 ) -> Need:
     """Refuse (InsufficientMemory, with both figures) a model that cannot fit; else return the
     estimate. `available` maps "device"/"host" to (available, total) instead of asking the
     system, for callers that already know."""
-    need = estimate(dims, compute_type, device, batch)
+    need = estimate(dims, compute_type, device, batch, fills)
     have = dict(available or {})
     dev_free, dev_total = have.get("device") or device_memory(device)
     on_cuda = device.startswith("cuda")
