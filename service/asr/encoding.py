@@ -1,4 +1,5 @@
-"""The encoder's features for a batch; on a CPU, a cheaper way to them for short audio.
+"""The encoder's features for a batch; on a CPU, a cheaper way to them for short audio
+(IM_ASR_SHORT_CONTEXT=1, off by default: whispered speech loses accuracy with it).
 
 Whisper encodes a 30 s window whatever the audio's length: on one CPU core that is about
 0.8 s for tiny.en, more than half of what a live final costs, for an utterance of a few
