@@ -216,7 +216,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "asr_short_context": (
         "IM_ASR_SHORT_CONTEXT",
         "1: on a CPU, encode short utterances over their own length plus 2 s instead of "
-        "Whisper's 30 s window (finals about 0.6 s sooner; whispered speech less accurate).",
+        "Whisper's 30 s window: finals about 0.6 s sooner on 2 cores, but whispered speech "
+        "less accurate (docs/benchmarks.md, Short context). No effect on a GPU.",
     ),
     "asr_max_batch": (
         "IM_ASR_MAX_BATCH",
