@@ -12,8 +12,9 @@ from helpers import reference
 from whisper.normalizers import EnglishTextNormalizer
 
 from service.asr import decoding, encoding
-from service.asr.encoding import PaddingFill, repeats_a_run
+from service.asr.encoding import PaddingFill
 from service.asr.engine import AsrEngine
+from service.asr.filters import repeats_a_run
 from service.asr.scheduler import Request, RequestKind
 from service.audio.wavfile import read_wav
 from service.config import load_settings

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from service.asr import filters
-from service.asr.encoding import Features, PaddingFill, repeats_a_run
+from service.asr.encoding import Features, PaddingFill
 from service.asr.scheduler import Drop, Outcome, Preempted, Request, RequestKind
 from service.vocab import Segment, Task
 
@@ -280,7 +280,7 @@ def trusted(result: Any, duration_s: float) -> bool:
     return (
         filters.judge(result, duration_s).reason is None
         and result.no_speech_prob <= filters.NO_SPEECH_THRESHOLD
-        and not repeats_a_run(result.tokens)
+        and not filters.repeats_a_run(result.tokens)
     )
 
 

@@ -81,6 +81,7 @@ class PaddingFill:
         import torch
         import torch.nn.functional as F
 
+        # whisper's AudioEncoder.forward, over `frames` only: it asserts a 30 s window.
         enc = self.model.encoder
         x = F.gelu(enc.conv1(mel[:, :, :frames]))
         x = F.gelu(enc.conv2(x)).permute(0, 2, 1)
@@ -106,16 +107,3 @@ class PaddingFill:
         if len(self._fills) > MAX_FILLS:
             self._fills.popitem(last=False)
         return encoded
-
-
-def repeats_a_run(tokens: list[int], n: int = 4) -> bool:
-    """Whether any `n` tokens in a row occur twice: a decode on approximate features that
-    says its sentence twice has missed where the audio ends. Speech rarely repeats four
-    tokens within one utterance, and a false alarm only costs the exact decode."""
-    seen: set[tuple[int, ...]] = set()
-    for i in range(len(tokens) - n + 1):
-        run = tuple(tokens[i : i + n])
-        if run in seen:
-            return True
-        seen.add(run)
-    return False

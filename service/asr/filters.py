@@ -94,6 +94,20 @@ def repeated(text: str, tokens: list[int]) -> bool:
     return False
 
 
+def repeats_a_run(tokens: list[int], n: int = 4) -> bool:
+    """Whether any `n` tokens in a row occur twice, anywhere (stricter than `repeated`, which
+    wants a run back to back 4+ times): a decode on approximate features that
+    says its sentence twice has missed where the audio ends. Speech rarely repeats four
+    tokens within one utterance, and a false alarm only costs the exact decode."""
+    seen: set[tuple[int, ...]] = set()
+    for i in range(len(tokens) - n + 1):
+        run = tuple(tokens[i : i + n])
+        if run in seen:
+            return True
+        seen.add(run)
+    return False
+
+
 def judge(result: Any, duration_s: float) -> Verdict:
     """`result` is a whisper.decoding.DecodingResult (text, tokens, figures)."""
     text = result.text.strip()
